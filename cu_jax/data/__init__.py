@@ -1,0 +1,1 @@
+"""Datasets (TFDS array_record builders, read without TensorFlow) and the sharded batch loader."""

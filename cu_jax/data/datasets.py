@@ -1,0 +1,161 @@
+"""Dataset registry: a config name -> a prepared TFDS builder read through `as_data_source`.
+
+Two kinds of entries:
+- builders cu_jax prepares itself from local files (`fashion_mnist_idx`, `digits`): prepared into
+  `data_dir` on first use (process 0 only on a pod), then read like any TFDS dataset;
+- official TFDS datasets (`cifar10`, `cifar100`, `fashion_mnist`), accepted by name from a
+  `data_dir` where a user prepared them in array_record format (BUILD.md says how).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Callable, Protocol, Sequence
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cu_jax.data import builders
+from cu_jax.utils.errors import UserError
+from cu_jax.utils.registry import Registry
+
+
+class RandomAccessSource(Protocol):
+  """What the loader reads: `len(src)` and `src.__getitems__(indices) -> list[dict]`."""
+
+  def __len__(self) -> int: ...
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]: ...
+
+
+class ArraySource:
+  """An in-memory source over equal-length arrays (tests, poisoned sets, subsets)."""
+
+  def __init__(self, **arrays: np.ndarray):
+    lengths = {len(v) for v in arrays.values()}
+    if len(lengths) != 1:
+      raise ValueError(f"arrays have different lengths: { {k: len(v) for k, v in arrays.items()} }")
+    self.arrays = arrays
+
+  def __len__(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    idx = np.asarray(indices, np.int64)
+    cols = {k: v[idx] for k, v in self.arrays.items()}
+    return [{k: v[i] for k, v in cols.items()} for i in range(len(idx))]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {k: v[index] for k, v in self.arrays.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  splits: dict[str, RandomAccessSource]
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def split(self, name: str) -> RandomAccessSource:
+    if name not in self.splits:
+      raise UserError(f"dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
+    return self.splits[name]
+
+  def class_index(self, value: int | str) -> int:
+    """A class given by index or by name (case-insensitive) -> its index, or a clear error."""
+    names = [n.lower() for n in self.class_names]
+    if isinstance(value, str) and not value.lstrip("-").isdigit():
+      if value.lower() not in names:
+        raise UserError(f"class {value!r} is not in {self.name}; valid names: {list(self.class_names)}")
+      return names.index(value.lower())
+    index = int(value)
+    if not 0 <= index < self.num_classes:
+      raise UserError(f"class index {index} is out of range for {self.name} "
+                      f"(0..{self.num_classes - 1}: {list(self.class_names)})")
+    return index
+
+
+DATASETS: Registry[Callable[[Any], tfds.core.DatasetBuilder]] = Registry("dataset")
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", str(pathlib.Path.home() / "tensorflow_datasets"))
+
+
+def _prepare_local(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Prepares a locally generated builder once; on a pod only process 0 writes."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      builder.download_and_prepare(file_format="array_record")
+    multihost_utils.sync_global_devices(f"prepare {builder.name}")
+  else:
+    builder.download_and_prepare(file_format="array_record")
+  return builder
+
+
+@DATASETS.register("fashion_mnist_idx")
+def _fashion_mnist_idx(cfg) -> tfds.core.DatasetBuilder:
+  idx_dir = cfg.get("idx_dir") or builders.FASHION_MNIST_DEFAULT_DIR
+  builder = builders.FashionMnistIdx(idx_dir=idx_dir, data_dir=cfg.data_dir, file_format="array_record")
+  if not builder.is_prepared():
+    for split in ("train", "test"):  # fail fast and clearly before TFDS starts writing
+      builders.load_fashion_mnist_idx(idx_dir, split)
+  return _prepare_local(builder)
+
+
+@DATASETS.register("digits")
+def _digits(cfg) -> tfds.core.DatasetBuilder:
+  return _prepare_local(builders.SklearnDigits(data_dir=cfg.data_dir, file_format="array_record"))
+
+
+def _official(name: str):
+  def make(cfg) -> tfds.core.DatasetBuilder:
+    builder = tfds.builder(name, data_dir=cfg.data_dir)
+    if not builder.is_prepared():
+      raise UserError(
+          f"TFDS dataset {name!r} is not prepared in data_dir {cfg.data_dir!r}: prepare it in "
+          f"array_record format there (BUILD.md, 'Real datasets'), or set --config.data.data_dir "
+          "to the folder that holds it")
+    file_format = builder.info.file_format
+    if file_format is not None and file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      raise UserError(
+          f"TFDS dataset {name!r} in {cfg.data_dir!r} is stored as {file_format.value}, which needs "
+          "TensorFlow to read; rebuild it with `tfds build --file_format=array_record` (BUILD.md)")
+    return builder
+  return make
+
+
+for _name in ("cifar10", "cifar100", "fashion_mnist"):
+  DATASETS.register(_name)(_official(_name))
+
+
+def load_dataset(cfg) -> Dataset:
+  """`cfg` is the `data` section of the config: name, data_dir, (idx_dir)."""
+  builder = DATASETS.get(cfg.name, "data.name")(cfg)
+  info = builder.info
+  image_shape = tuple(info.features["image"].shape)
+  if len(image_shape) != 3 or None in image_shape:
+    raise UserError(f"dataset {cfg.name!r} has images of shape {image_shape}; cu_jax needs a fixed HWC shape")
+  splits = {name: builder.as_data_source(split=name) for name in info.splits.keys()}
+  return Dataset(name=cfg.name, splits=splits, class_names=tuple(info.features["label"].names),
+                 image_shape=image_shape)
+
+
+def read_arrays(source: RandomAccessSource, indices: np.ndarray | None = None,
+                keys: Sequence[str] = ("image", "label"), chunk: int = 4096) -> dict[str, np.ndarray]:
+  """Reads records (all, or `indices`) of a source into stacked numpy arrays."""
+  indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+  parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+  for start in range(0, len(indices), chunk):
+    records = source.__getitems__(indices[start:start + chunk].tolist())
+    for k in keys:
+      parts[k].append(np.stack([np.asarray(r[k]) for r in records]))
+  return {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in parts.items()}

@@ -1,0 +1,1 @@
+"""Models (Flax NNX) and their Hugging Face importers."""

@@ -1,0 +1,184 @@
+"""Import a Hugging Face `ViTForImageClassification` folder (config.json + model.safetensors).
+
+torch `Linear` weights are `(out, in)`; Flax kernels are `(in, out)`. The patch-embedding conv
+`(out, in, kh, kw)` becomes our patch `Linear` with rows ordered (kh, kw, in), matching
+`patchify`. When the target image size differs, the patch position embeddings are resampled
+with the bicubic kernel torch uses (a = -0.75, half-pixel centres), so results agree with HF's
+`interpolate_pos_encoding=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+from absl import logging
+from flax import nnx
+from safetensors.numpy import load_file
+
+from cu_jax.models.vit import ViT, ViTConfig
+from cu_jax.utils.errors import UserError
+
+
+def read_hf_config(folder: str | pathlib.Path) -> dict:
+  folder = pathlib.Path(folder).expanduser()
+  path = folder / "config.json"
+  if not path.is_file():
+    raise UserError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json); point "
+                    "--config.model.init_from at a folder saved by `save_pretrained`")
+  return json.loads(path.read_text())
+
+
+def vit_config_from_hf(hf: dict, **overrides) -> ViTConfig:
+  if hf.get("model_type") != "vit":
+    raise UserError(f"checkpoint model_type {hf.get('model_type')!r} is not supported here; "
+                    "supported: 'vit' (ViTModel / ViTForImageClassification)")
+  if hf.get("hidden_act", "gelu") != "gelu":
+    raise UserError(f"hidden_act {hf['hidden_act']!r} is not supported; cu_jax's ViT uses exact GELU")
+  labels = hf.get("id2label") or {}
+  kwargs = dict(
+      image_size=hf.get("image_size", 224), channels=hf.get("num_channels", 3),
+      patch_size=hf.get("patch_size", 16), width=hf["hidden_size"], depth=hf["num_hidden_layers"],
+      heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
+      num_classes=len(labels) or hf.get("num_labels", 2), pool="cls",
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12), qkv_bias=hf.get("qkv_bias", True))
+  kwargs.update({k: v for k, v in overrides.items() if v is not None})
+  return ViTConfig(**kwargs)
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys cubic convolution weights for taps at offsets -1, 0, 1, 2 (torch's bicubic, a=-0.75)."""
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) matrix of torch's bicubic interpolation with align_corners=False."""
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  base = np.floor(src).astype(np.int64)
+  w = _cubic_weights(src - base)
+  m = np.zeros((n_out, n_in))
+  for tap in range(4):
+    idx = np.clip(base - 1 + tap, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), w[:, tap])
+  return m
+
+
+def resize_pos_embed(pos: np.ndarray, new_grid: int, has_cls: bool = True) -> np.ndarray:
+  """(1, [1+] g*g, D) position embeddings -> (1, [1+] new_grid^2, D), bicubic on the grid."""
+  cls, grid = (pos[:, :1], pos[:, 1:]) if has_cls else (pos[:, :0], pos)
+  g = int(round(np.sqrt(grid.shape[1])))
+  if g * g != grid.shape[1]:
+    raise UserError(f"position embeddings of {grid.shape[1]} patches are not a square grid")
+  if g == new_grid:
+    return pos
+  m = _resize_matrix(g, new_grid)
+  grid = grid.reshape(g, g, -1).astype(np.float64)
+  grid = np.einsum("ai,ijd,bj->abd", m, grid, m).reshape(1, new_grid * new_grid, -1)
+  return np.concatenate([cls, grid.astype(pos.dtype)], axis=1)
+
+
+def _linear(w: np.ndarray, b: np.ndarray | None) -> dict:
+  out = {"kernel": w.T}
+  if b is not None:
+    out["bias"] = b
+  return out
+
+
+def hf_to_params(tensors: dict[str, np.ndarray], cfg: ViTConfig, hf: dict) -> dict:
+  """HF tensor names -> the nested pure dict of our `ViT` parameters."""
+  pre = "vit." if any(k.startswith("vit.") for k in tensors) else ""
+  t = lambda name: tensors[pre + name]
+  opt = lambda name: tensors.get(pre + name)
+  conv = t("embeddings.patch_embeddings.projection.weight")  # (D, C, p, p)
+  patch_kernel = conv.transpose(2, 3, 1, 0).reshape(-1, conv.shape[0])
+  pos = resize_pos_embed(t("embeddings.position_embeddings"), cfg.grid)
+  params = {
+      "patch_embed": {"kernel": patch_kernel, "bias": t("embeddings.patch_embeddings.projection.bias")},
+      "cls_token": t("embeddings.cls_token"),
+      "pos_embed": pos,
+      "norm": {"scale": t("layernorm.weight"), "bias": t("layernorm.bias")},
+      "blocks": {},
+  }
+  for i in range(cfg.depth):
+    p = f"encoder.layer.{i}."
+    a = p + "attention.attention."
+    params["blocks"][i] = {
+        "ln1": {"scale": t(p + "layernorm_before.weight"), "bias": t(p + "layernorm_before.bias")},
+        "ln2": {"scale": t(p + "layernorm_after.weight"), "bias": t(p + "layernorm_after.bias")},
+        "attn": {
+            "query": _linear(t(a + "query.weight"), opt(a + "query.bias")),
+            "key": _linear(t(a + "key.weight"), opt(a + "key.bias")),
+            "value": _linear(t(a + "value.weight"), opt(a + "value.bias")),
+            "out": _linear(t(p + "attention.output.dense.weight"), t(p + "attention.output.dense.bias")),
+        },
+        "mlp": {
+            "fc1": _linear(t(p + "intermediate.dense.weight"), t(p + "intermediate.dense.bias")),
+            "fc2": _linear(t(p + "output.dense.weight"), t(p + "output.dense.bias")),
+        },
+    }
+  if "classifier.weight" in tensors:
+    params["head"] = _linear(tensors["classifier.weight"], tensors["classifier.bias"])
+  return params
+
+
+def _assign(model: ViT, params: dict, folder: pathlib.Path) -> None:
+  """Copies `params` into `model`, checking every shape first (nothing is changed on error)."""
+  state = nnx.state(model, nnx.Param)
+  target = nnx.to_pure_dict(state)
+  flat_src = dict(nnx.traversals.flatten_mapping(params))
+  flat_dst = dict(nnx.traversals.flatten_mapping(target))
+  for key, dst in flat_dst.items():
+    src = flat_src.get(key)
+    if src is None:
+      raise UserError(f"{folder} has no weight for {'/'.join(map(str, key))}; is it a ViT checkpoint?")
+    if tuple(src.shape) != tuple(dst.shape):
+      raise UserError(f"{folder}: weight {'/'.join(map(str, key))} has shape {tuple(src.shape)} but "
+                      f"the model expects {tuple(dst.shape)}; make --config.model match the checkpoint")
+  new = nnx.traversals.unflatten_mapping({k: np.asarray(flat_src[k], np.float32) for k in flat_dst})
+  nnx.replace_by_pure_dict(state, new)
+  nnx.update(model, state)
+
+
+def check_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
+                 num_classes: int | None = None, dtype: str = "float32",
+                 expect: ViTConfig | None = None) -> tuple[ViTConfig, dict]:
+  """Reads and checks an HF ViT folder without loading its weights: (our config, HF config)."""
+  folder = pathlib.Path(folder).expanduser()
+  hf = read_hf_config(folder)
+  cfg = vit_config_from_hf(hf, image_size=image_size, num_classes=num_classes, dtype=dtype)
+  if expect is not None:
+    for field in ("patch_size", "width", "depth", "heads", "mlp_dim", "channels"):
+      if getattr(expect, field) != getattr(cfg, field):
+        raise UserError(f"{folder} has {field}={getattr(cfg, field)} but the config asks for "
+                        f"{getattr(expect, field)}; set --config.model.{field}={getattr(cfg, field)}")
+  if not (folder / "model.safetensors").is_file():
+    raise UserError(f"{folder} has no model.safetensors; save the model with "
+                    "`save_pretrained(..., safe_serialization=True)`")
+  return cfg, hf
+
+
+def load_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
+                num_classes: int | None = None, dtype: str = "float32", seed: int = 0,
+                expect: ViTConfig | None = None) -> ViT:
+  """A `ViT` with the weights of an HF folder.
+
+  `image_size`: resample position embeddings to this size. `num_classes`: if it differs from the
+  checkpoint's labels, the classifier is re-initialised (zeros), as for fine-tuning on a new
+  dataset. `expect`: the architecture the config asks for; any difference is an error.
+  """
+  folder = pathlib.Path(folder).expanduser()
+  cfg, hf = check_hf_vit(folder, image_size=image_size, num_classes=num_classes, dtype=dtype,
+                         expect=expect)
+  tensors = load_file(folder / "model.safetensors")
+  params = hf_to_params(tensors, cfg, hf)
+  model = ViT(cfg, rngs=nnx.Rngs(seed))
+  if "head" not in params or params["head"]["kernel"].shape[1] != cfg.num_classes:
+    logging.info("%s: classifier re-initialised for %d classes", folder, cfg.num_classes)
+    params["head"] = nnx.to_pure_dict(nnx.state(model.head, nnx.Param))
+  _assign(model, params, folder)
+  return model

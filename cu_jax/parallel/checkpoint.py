@@ -1,0 +1,79 @@
+"""orbax checkpoints: save every N steps and at the end, keep the last k, restore into abstract
+targets with shardings, refuse a checkpoint whose shapes do not match the model.
+
+Checkpoints are written asynchronously and committed atomically by orbax (a temporary folder is
+renamed when complete), so a run killed mid-save resumes from the last complete step.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cu_jax.utils.errors import UserError
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays: an orbax restore target."""
+  def leaf(x):
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+  return jax.tree.map(leaf, tree)
+
+
+def _shape_mismatches(saved: Any, target: Any) -> list[str]:
+  saved_flat = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ()) or ())
+                for p, v in jax.tree_util.tree_leaves_with_path(saved)}
+  target_flat = {jax.tree_util.keystr(p): tuple(v.shape)
+                 for p, v in jax.tree_util.tree_leaves_with_path(target)}
+  problems = [f"{k}: checkpoint {saved_flat.get(k, 'missing')} vs model {v}"
+              for k, v in target_flat.items() if saved_flat.get(k) != v]
+  problems += [f"{k}: in checkpoint but not in model" for k in saved_flat if k not in target_flat]
+  return problems
+
+
+class Checkpointer:
+  """A thin, opinionated wrapper over `ocp.CheckpointManager` for one pytree of arrays."""
+
+  def __init__(self, directory: str | pathlib.Path, *, save_every: int, keep: int = 2,
+               async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, save_every), max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves if `step` is on the save interval (or `force`); returns whether it saved."""
+    return self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                              force=force)
+
+  def restore(self, step: int | None, target: Any) -> Any:
+    """Restores `step` (default: latest) into `target` (arrays or ShapeDtypeStructs with shardings)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint in {self.directory}; train first or point at another folder")
+    abstract = abstract_like(target)
+    saved = self._manager.item_metadata(step)["state"]
+    if saved is not None:
+      problems = _shape_mismatches(saved, abstract)
+      if problems:
+        raise UserError(
+            f"checkpoint {self.directory}/{step} does not match the model ({len(problems)} "
+            f"mismatches, first: {problems[0]}); use the config it was written with or a new workdir")
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return restored["state"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,6 @@
+"""The CLI pipeline: stages that write artifacts under --workdir and skip when they exist.
+
+Importing this package registers every stage.
+"""
+
+from cu_jax.pipeline import train_stage  # noqa: F401  (registers "train")

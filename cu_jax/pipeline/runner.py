@@ -1,0 +1,153 @@
+"""Stage registry and runner.
+
+A stage is a function `run(ctx) -> summary` that writes its artifacts under `workdir/<stage>/`.
+Each stage records the part of the config it depends on (its sections plus everything the
+stages before it depend on) in `workdir/<stage>/config.json` before it starts and `done.json`
+when it ends. On the next run a stage is
+- skipped when `done.json` exists and the recorded config matches;
+- resumed (from its own checkpoints) when it started but did not finish;
+- refused with a clear error when the recorded config differs, unless `--overwrite` (then that
+  stage and the ones after it are deleted and run again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+from absl import logging
+
+from cu_jax.utils.errors import UserError
+from cu_jax.utils.progress import format_seconds, write_json
+from cu_jax.utils.registry import Registry
+
+# Config fields that say where things are or how often to log, not what is computed.
+NOT_FINGERPRINTED = ("data.data_dir", "data.idx_dir", "train.log_every_steps",
+                     "train.checkpoint_every_steps", "train.keep_checkpoints",
+                     "train.eval_batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  run: Callable[["Context"], dict[str, Any]]
+  config_keys: tuple[str, ...]  # top-level config sections the artifact depends on
+  # Checks the stage's inputs (config, data, shapes) without writing anything; raises UserError.
+  validate: Callable[["Context"], None] | None = None
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def stage(name: str, config_keys: tuple[str, ...], validate: Callable[["Context"], None] | None = None):
+  def deco(fn):
+    STAGES.register(name)(Stage(name, fn, config_keys, validate))
+    return fn
+  return deco
+
+
+class Context:
+  """What stages share: the config, the workdir, the mesh and lazily loaded data."""
+
+  def __init__(self, config, workdir: str | pathlib.Path, mesh):
+    self.config, self.workdir, self.mesh = config, pathlib.Path(workdir), mesh
+
+  def stage_dir(self, name: str) -> pathlib.Path:
+    return self.workdir / name
+
+  @functools.cached_property
+  def dataset(self):
+    from cu_jax.data.datasets import default_data_dir, load_dataset
+    data_cfg = self.config.data
+    if not data_cfg.data_dir:
+      with data_cfg.unlocked():
+        data_cfg.data_dir = default_data_dir()
+    return load_dataset(data_cfg)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def stage_fingerprint(config, stages: list[Stage], index: int) -> dict[str, Any]:
+  """The flattened config fields that stage `index` depends on (its own and its predecessors')."""
+  sections = []
+  for s in stages[:index + 1]:
+    sections += [k for k in s.config_keys if k not in sections]
+  full = _flatten(config.to_dict())
+  keys = {k for k in full if k.split(".")[0] in sections and k not in NOT_FINGERPRINTED}
+  return {k: full[k] for k in sorted(keys)}
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+  diffs = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+
+def plan(config, workdir: pathlib.Path, overwrite: bool) -> list[tuple[Stage, dict, str]]:
+  """Decides, before anything is written, what each stage will do: 'skip', 'run' or 'resume'.
+
+  Raises `UserError` (and changes nothing) if the workdir holds a stage with another config.
+  """
+  stages = [STAGES.get(name, "stages") for name in config.stages]
+  decisions, invalid = [], False
+  for i, st in enumerate(stages):
+    fp = stage_fingerprint(config, stages, i)
+    recorded = workdir / st.name / "config.json"
+    if invalid or not recorded.exists():
+      decisions.append((st, fp, "run"))
+      continue
+    old = json.loads(recorded.read_text())
+    if old != fp:
+      if not overwrite:
+        raise UserError(
+            f"--workdir {str(workdir)!r} holds a {st.name!r} stage run with a different config "
+            f"({_describe_difference(old, fp)}); use another --workdir, or pass --overwrite to "
+            f"delete that stage and the ones after it")
+      invalid = True
+      decisions.append((st, fp, "run"))
+      continue
+    decisions.append((st, fp, "skip" if (workdir / st.name / "done.json").exists() else "resume"))
+  return decisions
+
+
+def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool = False) -> dict[str, Any]:
+  """Runs the configured stages in order; returns each stage's summary."""
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  decisions = plan(config, workdir, overwrite)
+  ctx = Context(config, workdir, mesh)
+  for st, _, action in decisions:  # every input is checked before anything is written
+    if action != "skip" and st.validate is not None:
+      st.validate(ctx)
+  summaries = {}
+  for st, fp, action in decisions:
+    stage_dir = ctx.stage_dir(st.name)
+    if action == "skip":
+      summaries[st.name] = json.loads((stage_dir / "done.json").read_text())
+      logging.info("stage %s: done already (%s), skipped", st.name, stage_dir)
+      continue
+    if action == "run" and stage_dir.exists() and jax.process_index() == 0:
+      logging.warning("stage %s: --overwrite, deleting %s", st.name, stage_dir)
+      shutil.rmtree(stage_dir)
+    write_json(stage_dir / "config.json", fp)
+    logging.info("stage %s: %s", st.name, "resuming" if action == "resume" else "running")
+    t0 = time.perf_counter()
+    summary = st.run(ctx)
+    summary["wall_s"] = time.perf_counter() - t0
+    write_json(stage_dir / "done.json", summary)
+    summaries[st.name] = summary
+    logging.info("stage %s: finished in %s", st.name, format_seconds(summary["wall_s"]))
+  write_json(workdir / "config.json", config.to_dict())
+  return summaries

@@ -1,0 +1,1 @@
+"""Optimizers, the sharded train/eval steps, the training loop and evaluation."""

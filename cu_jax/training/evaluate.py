@@ -1,0 +1,43 @@
+"""Evaluation: per-example outputs over a whole split, accuracy, per-class accuracy, loss."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from cu_jax.data.datasets import RandomAccessSource
+from cu_jax.data.loader import eval_batches
+
+
+def predict(predict_step: Callable, params: Any, source: RandomAccessSource, *, global_batch: int,
+            mesh, indices: np.ndarray | None = None) -> np.ndarray:
+  """Outputs of `predict_step` for every example (in order) as one host numpy array."""
+  outputs = []
+  for batch in eval_batches(source, global_batch=global_batch, mesh=mesh, indices=indices,
+                            keys=("image",)):
+    out, mask = predict_step(params, batch), batch["mask"]
+    if jax.process_count() > 1:
+      out, mask = multihost_utils.process_allgather((out, mask), tiled=True)
+    out, mask = np.asarray(out), np.asarray(mask)
+    outputs.append(out[mask > 0])
+  return np.concatenate(outputs)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+  """accuracy, mean cross-entropy loss and per-class accuracy of `logits` against `labels`."""
+  labels = np.asarray(labels).astype(np.int64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  correct = logits.argmax(-1) == labels
+  counts = np.bincount(labels, minlength=num_classes)
+  hits = np.bincount(labels, weights=correct, minlength=num_classes)
+  per_class = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+  return {
+      "accuracy": float(correct.mean()),
+      "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+      "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
+      "num_examples": int(len(labels)),
+  }

@@ -1,0 +1,106 @@
+"""The training loop: mesh -> data -> optimizer -> state (init or resume) -> step -> checkpoints.
+
+One loop serves base training here and every fine-tuning method later; what differs is the data
+source, the loss function and the config section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from cu_jax.data.datasets import RandomAccessSource
+from cu_jax.data.loader import TrainLoader
+from cu_jax.parallel.checkpoint import Checkpointer
+from cu_jax.training import optim, steps
+from cu_jax.utils.progress import JsonlWriter, Progress
+
+
+@dataclasses.dataclass
+class TrainResult:
+  graphdef: nnx.GraphDef
+  state: steps.TrainState
+  total_steps: int
+  resumed_from: int | None
+  wall_s: float  # time spent in this call (not counting an interrupted earlier run)
+  examples_per_s: float
+
+
+def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
+  if train_cfg.get("num_steps", 0):
+    return int(train_cfg.num_steps)
+  return int(round(train_cfg.num_epochs * steps_per_epoch))
+
+
+def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg, data_cfg, mesh,
+          checkpoint_dir: str | pathlib.Path, seed: int, loss_fn: steps.LossFn | None = None,
+          metrics_path: str | pathlib.Path | None = None, name: str = "train",
+          on_step: Callable[[int, steps.TrainState], None] | None = None) -> TrainResult:
+  """Trains `model` on `source`, checkpointing under `checkpoint_dir`, resuming from it if present.
+
+  `train_cfg`: batch_size (global), num_epochs or num_steps, log_every_steps,
+  checkpoint_every_steps, keep_checkpoints, label_smoothing. `on_step(step, state)` runs after each
+  step (tests use it to interrupt a run).
+  """
+  loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed)
+  total = total_steps_for(train_cfg, loader.steps_per_epoch)
+  tx, schedule = optim.make_optimizer(optim_cfg, total)
+  graphdef, state = steps.init_state(model, tx)
+  state = steps.replicate(state, mesh)
+
+  ckpt = Checkpointer(checkpoint_dir, save_every=train_cfg.checkpoint_every_steps,
+                      keep=train_cfg.get("keep_checkpoints", 2))
+  resumed_from = ckpt.latest_step()
+  if resumed_from is not None:
+    state = ckpt.restore(resumed_from, state)
+    logging.info("%s: resumed from the checkpoint at step %d of %d", name, resumed_from, total)
+  start = int(jax.device_get(state["step"]))
+
+  loss_fn = loss_fn or steps.classification_loss(train_cfg.get("label_smoothing", 0.0))
+  train_step = steps.make_train_step(graphdef, tx, data_cfg, mesh, loss_fn, seed=seed)
+  writer = JsonlWriter(metrics_path) if metrics_path else None
+  progress = Progress(name, total, start, train_cfg.batch_size)
+  log_every = max(1, train_cfg.get("log_every_steps", 50))
+  t0, timing = time.perf_counter(), {}
+  try:
+    for step, batch in loader.iterate(start, total):
+      state, metrics = train_step(state, batch)
+      done = step + 1
+      if done % log_every == 0 or done == total:
+        record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        record["lr"] = float(schedule(step))
+        timing = progress.report(done, record)
+        if writer:
+          writer.write({"step": done, "epoch": done / loader.steps_per_epoch, **record, **timing})
+      ckpt.save(done, state, force=done == total)
+      if on_step is not None:
+        on_step(done, state)
+  finally:
+    ckpt.close()
+  wall = time.perf_counter() - t0
+  rate = (total - start) * train_cfg.batch_size / wall if total > start else 0.0
+  return TrainResult(graphdef, state, total, resumed_from, wall, rate)
+
+
+def restore_params(model: nnx.Module, checkpoint_dir: str | pathlib.Path, mesh, optim_cfg,
+                   total_steps: int) -> tuple[nnx.GraphDef, Any]:
+  """The parameters of the latest checkpoint of a finished `train` run, replicated on `mesh`."""
+  tx, _ = optim.make_optimizer(optim_cfg, total_steps)
+  graphdef, state = steps.init_state(model, tx)
+  ckpt = Checkpointer(checkpoint_dir, save_every=1, async_save=False)
+  try:
+    restored = ckpt.restore(None, steps.replicate(state, mesh))
+  finally:
+    ckpt.close()
+  return graphdef, restored["params"]
+
+
+def param_count(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

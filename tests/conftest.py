@@ -1,0 +1,40 @@
+"""Test set-up: 8 fake CPU devices (set before jax is imported) and shared tiny fixtures."""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from cu_jax.data.datasets import ArraySource  # noqa: E402
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def pytest_configure(config):
+  assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS was set too late)"
+
+
+def load_config(arg=None):
+  """`get_config(arg)` of configs/vit.py."""
+  spec = importlib.util.spec_from_file_location("vit_config_file", ROOT / "configs" / "vit.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def toy_source() -> ArraySource:
+  """256 8x8 one-channel images whose label is the brightest quadrant (learnable in a few steps)."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 256)
+  images = rng.integers(0, 60, (256, 8, 8, 1)).astype(np.uint8)
+  for i, c in enumerate(labels):
+    r, col = divmod(int(c), 2)
+    images[i, 4 * r:4 * r + 4, 4 * col:4 * col + 4] += 150
+  return ArraySource(image=images, label=labels.astype(np.int64))

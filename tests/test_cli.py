@@ -1,0 +1,82 @@
+"""The command line end to end on the tiny config, and its answers to bad input."""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def _cli(workdir, *overrides, data_dir):
+  cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/vit.py:tiny", f"--workdir={workdir}",
+         f"--config.data.data_dir={data_dir}", *overrides]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _snapshot(folder: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line_error(proc) -> str:
+  assert proc.returncode != 0, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")
+           or "Flags parsing error" in line]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cli")
+  workdir, data_dir = root / "run", root / "tfds"
+  proc = _cli(workdir, data_dir=data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, data_dir, proc
+
+
+def test_cli_trains_and_writes_artifacts(finished_run):
+  workdir, _, proc = finished_run
+  done = json.loads((workdir / "train" / "done.json").read_text())
+  assert done["test"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+  assert done["num_devices"] == 8 and done["global_batch"] == 64
+  lines = [json.loads(line) for line in (workdir / "train" / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["step"] == done["steps"] and {"loss", "steps_per_s", "eta_s", "lr"} <= set(lines[-1])
+  assert (workdir / "train" / "checkpoints" / str(done["steps"])).is_dir()
+  assert "steps/s" in proc.stderr and "ETA" in proc.stderr
+
+
+def test_cli_skips_a_finished_stage(finished_run):
+  workdir, data_dir, _ = finished_run
+  before = _snapshot(workdir / "train")
+  proc = _cli(workdir, "--config.train.log_every_steps=5", data_dir=data_dir)  # not fingerprinted
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "done already" in proc.stderr
+  assert _snapshot(workdir / "train") == before
+
+
+def test_cli_refuses_a_workdir_with_another_config(finished_run):
+  workdir, data_dir, _ = finished_run
+  before = _snapshot(workdir)
+  line = _one_line_error(_cli(workdir, "--config.model.width=48", data_dir=data_dir))
+  assert "different config (model.width: 32 -> 48)" in line and "--overwrite" in line
+  assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.model.widht=3", "widht"),
+    ("--config.train.batch_size=60", "train.batch_size=60 is not divisible by the 8 devices"),
+    ("--config.data.idx_dir=/nonexistent", "apt-get install dataset-fashion-mnist"),
+    ("--config.optim.name=lion", "unknown optimizer 'lion'"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
+  extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []
+  proc = _cli(tmp_path / "run", override, *extra, data_dir=tmp_path / "tfds")
+  assert expected in _one_line_error(proc)
+  assert not (tmp_path / "run").exists()
