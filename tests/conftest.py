@@ -1,8 +1,6 @@
 """Test set-up: 8 fake CPU devices (set before jax is imported) and shared tiny fixtures."""
 
-import importlib.util
 import os
-import pathlib
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -12,20 +10,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from cu_jax.data.datasets import ArraySource  # noqa: E402
-
-ROOT = pathlib.Path(__file__).parents[1]
+from cu_jax.utils.config import load_config as _load  # noqa: E402
 
 
 def pytest_configure(config):
   assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS was set too late)"
 
 
-def load_config(arg=None):
-  """`get_config(arg)` of configs/vit.py."""
-  spec = importlib.util.spec_from_file_location("vit_config_file", ROOT / "configs" / "vit.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+def load_config(variant=None):
+  """`get_config(variant)` of configs/vit.py."""
+  return _load(f"configs/vit.py:{variant or ''}")
 
 
 @pytest.fixture(scope="session")

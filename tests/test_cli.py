@@ -4,8 +4,10 @@ import hashlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -80,3 +82,27 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expect
   proc = _cli(tmp_path / "run", override, *extra, data_dir=tmp_path / "tfds")
   assert expected in _one_line_error(proc)
   assert not (tmp_path / "run").exists()
+
+
+def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
+  _, data_dir, _ = finished_run
+  reference = json.loads((finished_run[0] / "train" / "done.json").read_text())
+  workdir = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/vit.py:tiny", f"--workdir={workdir}",
+         f"--config.data.data_dir={data_dir}"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first_checkpoint = workdir / "train" / "checkpoints" / "20"
+  deadline = time.monotonic() + 300
+  while not first_checkpoint.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "train" / "done.json").exists(), "the run ended before it could be killed"
+  resumed = _cli(workdir, data_dir=data_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from the checkpoint at step" in resumed.stderr
+  done = json.loads((workdir / "train" / "done.json").read_text())
+  assert done["resumed_from_step"] >= 20
+  assert done["test"]["accuracy"] == reference["test"]["accuracy"]
+  assert done["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-6)

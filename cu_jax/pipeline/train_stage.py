@@ -9,6 +9,7 @@ from cu_jax.data.datasets import read_arrays
 from cu_jax.models.factory import build_model
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training import evaluate, steps, trainer
+from cu_jax.utils.progress import write_json
 
 
 def build(ctx: Context, abstract: bool = False):
@@ -46,8 +47,9 @@ def run_train(ctx: Context) -> dict:
   test = evaluate_split(ctx, result.graphdef, result.state["params"], "test")
   logging.info("train: test accuracy %.4f, per class %s", test["accuracy"],
                np.round(test["per_class_accuracy"], 3).tolist())
-  return {
+  summary = {
       "test": test,
+      "class_names": list(ctx.dataset.class_names),
       "steps": result.total_steps,
       "resumed_from_step": result.resumed_from,
       "train_wall_s": result.wall_s,
@@ -56,6 +58,8 @@ def run_train(ctx: Context) -> dict:
       "global_batch": cfg.train.batch_size,
       "num_devices": int(ctx.mesh.size),
   }
+  write_json(out / "metrics.json", summary)
+  return summary
 
 
 def load_trained(ctx: Context):
