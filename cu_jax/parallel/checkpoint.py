@@ -24,11 +24,15 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(leaf, tree)
 
 
+def _path(path) -> str:
+  """A key path as 'a/0/b', whatever the container types (metadata stores tuples as dicts)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def _shape_mismatches(saved: Any, target: Any) -> list[str]:
-  saved_flat = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ()) or ())
+  saved_flat = {_path(p): tuple(getattr(v, "shape", ()) or ())
                 for p, v in jax.tree_util.tree_leaves_with_path(saved)}
-  target_flat = {jax.tree_util.keystr(p): tuple(v.shape)
-                 for p, v in jax.tree_util.tree_leaves_with_path(target)}
+  target_flat = {_path(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
   problems = [f"{k}: checkpoint {saved_flat.get(k, 'missing')} vs model {v}"
               for k, v in target_flat.items() if saved_flat.get(k) != v]
   problems += [f"{k}: in checkpoint but not in model" for k in saved_flat if k not in target_flat]
