@@ -6,6 +6,8 @@ Variants:
           data and the weights prepared locally (BUILD.md); meant for a GPU host or a TPU pod.
 - demo    the offline demo: a small ViT trained from scratch on Fashion-MNIST (Debian package
           `dataset-fashion-mnist`) in a few minutes on a 2-core CPU.
+- synthetic  a small ViT on the synthetic concept dataset (ground-truth concepts per image), for
+          grading concept inference (benchmarks/concept_inference.py).
 - tiny    a seconds-long smoke run on scikit-learn's 8x8 digits (tests, CI).
 
 Any field can be overridden: `--config.train.batch_size=256`, `--config.model.depth=6`.
@@ -17,7 +19,8 @@ import ml_collections as mlc
 def base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
-  c.stages = ("train",)
+  c.stages = ("train", "embed", "concepts")
+  c.forget_class = "0"  # the class to erase: an index or a class name (case-insensitive)
 
   c.data = mlc.ConfigDict()
   c.data.name = "cifar10"
@@ -64,6 +67,31 @@ def base() -> mlc.ConfigDict:
   c.optim.final_lr_ratio = 0.0
   c.optim.grad_clip_norm = 1.0
 
+  c.concepts = mlc.ConfigDict()
+  c.concepts.bank = "cav"  # "cav": concept activation vectors on the model's own embeddings
+  c.concepts.source = "attributes"  # "attributes" (class-attribute table) or "labels" (per image)
+  c.concepts.file = ""  # "" = the table/list shipped for the dataset in cu_jax/concepts/data/
+  c.concepts.n_per_side = 100
+  c.concepts.n_heldout = 100
+  c.concepts.cs = (0.001, 0.01, 0.1, 1.0)
+  c.concepts.min_accuracy = 0.7
+  c.concepts.seed = 0
+
+  c.pcbm = mlc.ConfigDict()
+  c.pcbm.lam = 1e-5  # elastic-net strength (sklearn's alpha)
+  c.pcbm.l1_ratio = 0.99
+  c.pcbm.max_iter = 5000
+  c.pcbm.tol = 1e-7
+
+  c.attribution = mlc.ConfigDict()
+  c.attribution.ranking = "ig"  # "ig" (log-prob IG over concept scores) or "weight" (PCBM weights)
+  c.attribution.baseline = "mean"  # IG baseline for concept scores: "zeros" or "mean"
+  c.attribution.n_steps = 32
+  c.attribution.method = "gausslegendre"
+  c.attribution.top_k = 3
+  c.attribution.saliency_images = 6  # forget images with input-space IG overlays
+  c.attribution.saliency_steps = 32
+
   c.mesh = mlc.ConfigDict()
   c.mesh.num_devices = 0  # 0 = every visible device
   # On a CPU host: split it into this many XLA devices (0 = leave XLA's default of one). Two
@@ -83,6 +111,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.init_from = "~/models/vit-base-patch16-224"  # HF folder: config.json + model.safetensors
     c.train.num_epochs = 10.0
   elif variant == "demo":
+    c.forget_class = "sneaker"
     c.data.name = "fashion_mnist_idx"
     c.data.augment.flip = True
     c.model.update(patch_size=7, width=128, depth=4, heads=4, mlp_dim=256)
@@ -90,12 +119,23 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                    checkpoint_every_steps=500)
     c.mesh.cpu_devices = 2
     c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, final_lr_ratio=0.01)
+  elif variant == "synthetic":
+    c.forget_class = "0"
+    c.data.name = "synthetic_concepts"
+    c.concepts.source = "labels"
+    c.model.update(patch_size=8, width=128, depth=4, heads=4, mlp_dim=256)
+    c.train.update(batch_size=128, num_epochs=8.0, eval_batch_size=1000, log_every_steps=100,
+                   checkpoint_every_steps=500)
+    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=100, final_lr_ratio=0.01)
+    c.mesh.cpu_devices = 2
   elif variant == "tiny":
+    c.stages = ("train",)
     c.data.name = "digits"
     c.model.update(patch_size=4, width=32, depth=2, heads=2, mlp_dim=64)
     c.train.update(batch_size=64, num_epochs=3.0, eval_batch_size=128, log_every_steps=10,
                    checkpoint_every_steps=20)
     c.optim.update(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=10)
   else:
-    raise ValueError(f"unknown variant {variant!r} of configs/vit.py; valid: paper (default), demo, tiny")
+    raise ValueError(f"unknown variant {variant!r} of configs/vit.py; valid: paper (default), demo, "
+                     "synthetic, tiny")
   return c

@@ -13,7 +13,7 @@ from cu_jax.training import optim, steps
 from conftest import load_config as _get_config
 
 
-@pytest.mark.parametrize("variant", [None, "demo", "tiny"])
+@pytest.mark.parametrize("variant", [None, "demo", "synthetic", "tiny"])
 def test_variants_build(variant):
   cfg = _get_config(variant)
   assert cfg.train.batch_size % 8 == 0
@@ -22,7 +22,7 @@ def test_variants_build(variant):
 
 
 def test_unknown_variant_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="paper .*demo, tiny"):
+  with pytest.raises(ValueError, match="paper .*demo.*tiny"):
     _get_config("huge")
 
 

@@ -58,6 +58,8 @@ class Dataset:
   splits: dict[str, RandomAccessSource]
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]
+  # Extra per-dataset facts, e.g. the synthetic dataset's concept names and class -> concepts.
+  metadata: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -111,6 +113,12 @@ def _fashion_mnist_idx(cfg) -> tfds.core.DatasetBuilder:
   return _prepare_local(builder)
 
 
+@DATASETS.register("synthetic_concepts")
+def _synthetic_concepts(cfg) -> tfds.core.DatasetBuilder:
+  from cu_jax.data.synthetic import SyntheticConcepts
+  return _prepare_local(SyntheticConcepts(data_dir=cfg.data_dir, file_format="array_record"))
+
+
 @DATASETS.register("digits")
 def _digits(cfg) -> tfds.core.DatasetBuilder:
   return _prepare_local(builders.SklearnDigits(data_dir=cfg.data_dir, file_format="array_record"))
@@ -146,7 +154,7 @@ def load_dataset(cfg) -> Dataset:
     raise UserError(f"dataset {cfg.name!r} has images of shape {image_shape}; cu_jax needs a fixed HWC shape")
   splits = {name: builder.as_data_source(split=name) for name in info.splits.keys()}
   return Dataset(name=cfg.name, splits=splits, class_names=tuple(info.features["label"].names),
-                 image_shape=image_shape)
+                 image_shape=image_shape, metadata=dict(info.metadata or {}))
 
 
 def read_arrays(source: RandomAccessSource, indices: np.ndarray | None = None,

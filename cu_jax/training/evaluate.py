@@ -13,17 +13,17 @@ from cu_jax.data.loader import eval_batches
 
 
 def predict(predict_step: Callable, params: Any, source: RandomAccessSource, *, global_batch: int,
-            mesh, indices: np.ndarray | None = None) -> np.ndarray:
-  """Outputs of `predict_step` for every example (in order) as one host numpy array."""
+            mesh, indices: np.ndarray | None = None) -> Any:
+  """Outputs of `predict_step` for every example (in order): host numpy arrays, same pytree."""
   outputs = []
   for batch in eval_batches(source, global_batch=global_batch, mesh=mesh, indices=indices,
                             keys=("image",)):
     out, mask = predict_step(params, batch), batch["mask"]
     if jax.process_count() > 1:
       out, mask = multihost_utils.process_allgather((out, mask), tiled=True)
-    out, mask = np.asarray(out), np.asarray(mask)
-    outputs.append(out[mask > 0])
-  return np.concatenate(outputs)
+    keep = np.asarray(mask) > 0
+    outputs.append(jax.tree.map(lambda x: np.asarray(x)[keep], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:

@@ -75,12 +75,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, da
 
 
 def make_predict_step(graphdef: nnx.GraphDef, data_cfg, mesh: Mesh, output: str = "logits"
-                      ) -> Callable[[Any, dict], jax.Array]:
-  """Jitted `(params, batch) -> per-example outputs` ("logits" or "embed"), sharded over `data`."""
+                      ) -> Callable[[Any, dict], Any]:
+  """Jitted `(params, batch) -> per-example outputs`, sharded over `data`.
+
+  `output`: "logits", "embed" (pre-logits e(x)) or "both" (a dict with the two, one pass).
+  """
   def predict(params, batch):
     model = nnx.merge(graphdef, params)
     images = preprocess(batch["image"], data_cfg)
-    return model.embed(images) if output == "embed" else model(images)
+    if output == "logits":
+      return model(images)
+    embedding = model.embed(images)
+    return embedding if output == "embed" else {"embed": embedding, "logits": model.head(embedding)}
 
   return jax.jit(predict, in_shardings=(replicated(mesh), data_sharded(mesh)),
                  out_shardings=data_sharded(mesh))

@@ -1,0 +1,1 @@
+"""Concept banks, concept sources and the Post-hoc Concept Bottleneck Model."""

@@ -1,0 +1,1 @@
+"""Metrics and audits of a model, and the plots a person reads."""

@@ -1,0 +1,81 @@
+"""Stages `embed` and `concepts`: cached embeddings of the trained model, and the concept bank.
+
+`embed` runs the backbone once (sharded, jitted) over the train and test splits and caches
+pre-logits embeddings, logits and labels as .npy files; every later concept stage reads the cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from cu_jax.concepts import cav
+from cu_jax.concepts.bank import ConceptBank
+from cu_jax.concepts.sources import CONCEPT_SOURCES
+from cu_jax.data.datasets import read_arrays
+from cu_jax.pipeline.runner import Context, stage
+from cu_jax.pipeline.train_stage import load_trained
+from cu_jax.training import evaluate, steps
+from cu_jax.utils.errors import UserError
+
+SPLITS = ("train", "test")
+
+
+def load_embeddings(ctx: Context, split: str) -> dict[str, np.ndarray]:
+  """{"embed", "logits", "label"} of a split from the `embed` stage's cache (no pickle)."""
+  folder = ctx.stage_dir("embed")
+  return {k: np.load(folder / f"{split}_{k}.npy", allow_pickle=False) for k in ("embed", "logits", "label")}
+
+
+@stage("embed", config_keys=())
+def run_embed(ctx: Context) -> dict:
+  graphdef, params = load_trained(ctx)
+  predict_step = steps.make_predict_step(graphdef, ctx.config.data, ctx.mesh, output="both")
+  out_dir, summary = ctx.stage_dir("embed"), {}
+  for split in SPLITS:
+    source = ctx.dataset.split(split)
+    out = evaluate.predict(predict_step, params, source, global_batch=ctx.config.train.eval_batch_size,
+                           mesh=ctx.mesh)
+    out["label"] = read_arrays(source, keys=("label",))["label"].astype(np.int64)
+    for k, v in out.items():
+      np.save(out_dir / f"{split}_{k}.npy", v, allow_pickle=False)
+    accuracy = float((out["logits"].argmax(-1) == out["label"]).mean())
+    summary[split] = {"num_examples": int(len(out["label"])), "dim": int(out["embed"].shape[1]), "accuracy": accuracy}
+    logging.info("embed: %s %d x %d, model accuracy %.4f", split, len(v), out["embed"].shape[1], accuracy)
+  return summary
+
+
+def _cav_options(cfg) -> cav.CAVOptions:
+  return cav.CAVOptions(n_per_side=cfg.n_per_side, n_heldout=cfg.n_heldout, cs=tuple(cfg.cs),
+                        min_accuracy=cfg.min_accuracy, seed=cfg.seed)
+
+
+def validate_concepts(ctx: Context) -> None:
+  cfg = ctx.config.concepts
+  if cfg.bank != "cav":
+    raise UserError(f"concepts.bank={cfg.bank!r} is not available in the pipeline yet; valid: 'cav'")
+  # reads and checks the concept source against the dataset's classes, without any labels
+  CONCEPT_SOURCES.get(cfg.source, "concepts.source")(ctx.dataset, cfg, np.zeros(0, np.int64))
+
+
+@stage("concepts", config_keys=("concepts",), validate=validate_concepts)
+def run_concepts(ctx: Context) -> dict:
+  cfg, out_dir = ctx.config.concepts, ctx.stage_dir("concepts")
+  train = load_embeddings(ctx, "train")
+  source = CONCEPT_SOURCES.get(cfg.source, "concepts.source")(ctx.dataset, cfg, train["label"])
+  bank, full = cav.learn_cav_bank(train["embed"], source.labels, source.names, _cav_options(cfg),
+                                  info={**source.info, "dataset": ctx.dataset.name})
+  if len(bank) == 0:
+    raise UserError(f"no concept reached held-out accuracy {cfg.min_accuracy}; lower "
+                    "--config.concepts.min_accuracy or check the concept source")
+  full.save(out_dir / "bank_all")
+  bank.save(out_dir / "bank")
+  accuracies = [q["heldout_accuracy"] for q in bank.quality]
+  return {"num_concepts": len(bank), "num_candidates": len(full), "dropped": sorted(set(full.names) - set(bank.names)),
+          "mean_heldout_accuracy": float(np.mean(accuracies)), "min_heldout_accuracy": float(np.min(accuracies))}
+
+
+def load_bank(ctx: Context) -> ConceptBank:
+  bank = ConceptBank.load(ctx.stage_dir("concepts") / "bank")
+  bank.check_dim(int(np.load(ctx.stage_dir("embed") / "train_embed.npy", mmap_mode="r").shape[1]))
+  return bank
