@@ -132,12 +132,20 @@ def _official(name: str):
           f"TFDS dataset {name!r} is not prepared in data_dir {cfg.data_dir!r}: prepare it in "
           f"array_record format there (BUILD.md, 'Real datasets'), or set --config.data.data_dir "
           "to the folder that holds it")
-    file_format = builder.info.file_format
-    if file_format is not None and file_format != tfds.core.FileFormat.ARRAY_RECORD:
-      raise UserError(
-          f"TFDS dataset {name!r} in {cfg.data_dir!r} is stored as {file_format.value}, which needs "
-          "TensorFlow to read; rebuild it with `tfds build --file_format=array_record` (BUILD.md)")
-    return builder
+    array_record = tfds.core.FileFormat.ARRAY_RECORD
+    if builder.info.file_format == array_record:
+      return builder
+    # `tfds convert_format --out_file_format=array_record` run in place on a tfrecord copy lists
+    # array_record in `alternative_file_formats`. TFDS 4.9.10's registered builders drop that field
+    # when they restore info from disk; a builder made from the folder itself keeps it.
+    if array_record.value in builder.info.as_proto.alternative_file_formats:
+      return tfds.builder_from_directory(builder.data_dir)
+    stored = builder.info.file_format or tfds.core.FileFormat.TFRECORD  # unset: old TFDS, tfrecord
+    raise UserError(
+        f"TFDS dataset {name!r} in {cfg.data_dir!r} is stored as {stored.value}, which needs "
+        "TensorFlow to read; rebuild it with `tfds build --file_format=array_record`, or convert it "
+        f"with `tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record` "
+        "(both on a machine with TensorFlow; BUILD.md)")
   return make
 
 
