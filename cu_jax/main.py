@@ -46,6 +46,9 @@ def set_cpu_device_count(n: int) -> None:
 
 def _fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr)
+  if "jax" in sys.modules:  # in a multi-process job, do not wait for the others at shutdown
+    from cu_jax.parallel.distributed import exit_now
+    exit_now(2)
   sys.exit(2)
 
 

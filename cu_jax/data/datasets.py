@@ -91,37 +91,42 @@ def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", str(pathlib.Path.home() / "tensorflow_datasets"))
 
 
-def _prepare_local(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """Prepares a locally generated builder once; on a pod only process 0 writes."""
+def _prepare_local(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+  """Prepares a locally generated builder once; on a pod only process 0 writes.
+
+  `make` builds the builder: the other processes construct theirs after the barrier, when the
+  data exists (a builder made before it sees no splits).
+  """
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     if jax.process_index() == 0:
-      builder.download_and_prepare(file_format="array_record")
-    multihost_utils.sync_global_devices(f"prepare {builder.name}")
-  else:
-    builder.download_and_prepare(file_format="array_record")
+      make().download_and_prepare(file_format="array_record")
+    multihost_utils.sync_global_devices("cu_jax prepare dataset")
+    return make()
+  builder = make()
+  builder.download_and_prepare(file_format="array_record")
   return builder
 
 
 @DATASETS.register("fashion_mnist_idx")
 def _fashion_mnist_idx(cfg) -> tfds.core.DatasetBuilder:
   idx_dir = cfg.get("idx_dir") or builders.FASHION_MNIST_DEFAULT_DIR
-  builder = builders.FashionMnistIdx(idx_dir=idx_dir, data_dir=cfg.data_dir, file_format="array_record")
-  if not builder.is_prepared():
+  make = lambda: builders.FashionMnistIdx(idx_dir=idx_dir, data_dir=cfg.data_dir, file_format="array_record")
+  if not make().is_prepared():
     for split in ("train", "test"):  # fail fast and clearly before TFDS starts writing
       builders.load_fashion_mnist_idx(idx_dir, split)
-  return _prepare_local(builder)
+  return _prepare_local(make)
 
 
 @DATASETS.register("synthetic_concepts")
 def _synthetic_concepts(cfg) -> tfds.core.DatasetBuilder:
   from cu_jax.data.synthetic import SyntheticConcepts
-  return _prepare_local(SyntheticConcepts(data_dir=cfg.data_dir, file_format="array_record"))
+  return _prepare_local(lambda: SyntheticConcepts(data_dir=cfg.data_dir, file_format="array_record"))
 
 
 @DATASETS.register("digits")
 def _digits(cfg) -> tfds.core.DatasetBuilder:
-  return _prepare_local(builders.SklearnDigits(data_dir=cfg.data_dir, file_format="array_record"))
+  return _prepare_local(lambda: builders.SklearnDigits(data_dir=cfg.data_dir, file_format="array_record"))
 
 
 def _official(name: str):

@@ -138,9 +138,13 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
       summaries[st.name] = json.loads((stage_dir / "done.json").read_text())
       logging.info("stage %s: done already (%s), skipped", st.name, stage_dir)
       continue
-    if action == "run" and stage_dir.exists() and jax.process_index() == 0:
-      logging.warning("stage %s: --overwrite, deleting %s", st.name, stage_dir)
-      shutil.rmtree(stage_dir)
+    if action == "run" and stage_dir.exists():
+      if jax.process_index() == 0:
+        logging.warning("stage %s: --overwrite, deleting %s", st.name, stage_dir)
+        shutil.rmtree(stage_dir)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"cu_jax overwrite {st.name}")
     write_json(stage_dir / "config.json", fp)
     logging.info("stage %s: %s", st.name, "resuming" if action == "resume" else "running")
     t0 = time.perf_counter()
