@@ -19,7 +19,7 @@ import ml_collections as mlc
 def base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
-  c.stages = ("train", "embed", "concepts")
+  c.stages = ("train", "embed", "concepts", "pcbm", "attribute")
   c.forget_class = "0"  # the class to erase: an index or a class name (case-insensitive)
 
   c.data = mlc.ConfigDict()
@@ -68,7 +68,11 @@ def base() -> mlc.ConfigDict:
   c.optim.grad_clip_norm = 1.0
 
   c.concepts = mlc.ConfigDict()
-  c.concepts.bank = "cav"  # "cav": concept activation vectors on the model's own embeddings
+  # "cav": concept activation vectors on the model's own embeddings; "text": CLIP text embeddings
+  # of concept names (the PCBM then explains CLIP's image features; needs concepts.clip_dir)
+  c.concepts.bank = "cav"
+  c.concepts.clip_dir = ""  # a Hugging Face CLIPModel folder (config.json, model.safetensors, tokenizer)
+  c.concepts.text_template = "{}"  # e.g. "a photo of something with {}"
   c.concepts.source = "attributes"  # "attributes" (class-attribute table) or "labels" (per image)
   c.concepts.file = ""  # "" = the table/list shipped for the dataset in cu_jax/concepts/data/
   c.concepts.n_per_side = 100

@@ -225,3 +225,20 @@ def test_bad_folders_are_clear_errors(hf_clip_folder, tmp_path):
       load_hf_clip(folder)
   finally:
     (tmp_path / "moved.safetensors").rename(folder / "model.safetensors")
+
+
+def test_text_bank_and_image_embeddings(hf_clip_folder, ours):
+  from cu_jax.concepts.text_bank import clip_image_embeddings, text_bank, unique_concepts
+  from cu_jax.data.datasets import ArraySource
+  from cu_jax.parallel.mesh import make_mesh
+  model, tokenizer = ours
+  names = unique_concepts({"cat": ["fur", "whiskers"], "dog": ["fur", "tail"]})
+  assert names == ["fur", "whiskers", "tail"]
+  bank = text_bank(model, tokenizer, names)
+  assert bank.kind == "text" and bank.names == tuple(names)
+  np.testing.assert_allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(bank.intercepts, 0.0)
+  source = ArraySource(image=np.random.default_rng(0).integers(0, 255, (10, 16, 16, 1), dtype=np.uint8),
+                       label=np.zeros(10, np.int64))
+  feats = clip_image_embeddings(model, source, global_batch=8, mesh=make_mesh(8))
+  assert feats.shape == (10, bank.dim) and np.isfinite(feats).all()

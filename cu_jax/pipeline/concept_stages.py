@@ -11,7 +11,7 @@ from absl import logging
 
 from cu_jax.concepts import cav
 from cu_jax.concepts.bank import ConceptBank
-from cu_jax.concepts.sources import CONCEPT_SOURCES
+from cu_jax.concepts.sources import CONCEPT_SOURCES, load_concept_list
 from cu_jax.data.datasets import read_arrays
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.pipeline.train_stage import load_trained
@@ -52,15 +52,41 @@ def _cav_options(cfg) -> cav.CAVOptions:
 
 def validate_concepts(ctx: Context) -> None:
   cfg = ctx.config.concepts
-  if cfg.bank != "cav":
-    raise UserError(f"concepts.bank={cfg.bank!r} is not available in the pipeline yet; valid: 'cav'")
-  # reads and checks the concept source against the dataset's classes, without any labels
-  CONCEPT_SOURCES.get(cfg.source, "concepts.source")(ctx.dataset, cfg, np.zeros(0, np.int64))
+  if cfg.bank == "text":
+    from cu_jax.models.hf_clip import read_hf_clip_config
+    if not cfg.clip_dir:
+      raise UserError("concepts.bank='text' needs a CLIP checkpoint folder: set --config.concepts.clip_dir")
+    read_hf_clip_config(cfg.clip_dir)
+    load_concept_list(ctx.dataset, cfg.file)
+  elif cfg.bank == "cav":
+    # reads and checks the concept source against the dataset's classes, without any labels
+    CONCEPT_SOURCES.get(cfg.source, "concepts.source")(ctx.dataset, cfg, np.zeros(0, np.int64))
+  else:
+    raise UserError(f"unknown concepts.bank {cfg.bank!r}; valid: 'cav', 'text'")
+
+
+def _text_bank(ctx: Context) -> dict:
+  """CLIP text bank; CLIP image features of both splits become the PCBM's embeddings."""
+  from cu_jax.concepts.text_bank import clip_image_embeddings, text_bank, unique_concepts
+  from cu_jax.models.hf_clip import load_hf_clip
+  cfg, out_dir = ctx.config.concepts, ctx.stage_dir("concepts")
+  model, tokenizer = load_hf_clip(cfg.clip_dir)
+  names = unique_concepts(load_concept_list(ctx.dataset, cfg.file))
+  bank = text_bank(model, tokenizer, names, cfg.text_template,
+                   info={"dataset": ctx.dataset.name, "clip_dir": cfg.clip_dir, "embeddings": "concepts"})
+  for split in SPLITS:
+    feats = clip_image_embeddings(model, ctx.dataset.split(split), global_batch=ctx.config.train.eval_batch_size,
+                                  mesh=ctx.mesh)
+    np.save(out_dir / f"{split}_embed.npy", feats, allow_pickle=False)
+  bank.save(out_dir / "bank")
+  return {"num_concepts": len(bank), "bank": "text", "embedding_dim": bank.dim}
 
 
 @stage("concepts", config_keys=("concepts",), validate=validate_concepts)
 def run_concepts(ctx: Context) -> dict:
   cfg, out_dir = ctx.config.concepts, ctx.stage_dir("concepts")
+  if cfg.bank == "text":
+    return _text_bank(ctx)
   train = load_embeddings(ctx, "train")
   source = CONCEPT_SOURCES.get(cfg.source, "concepts.source")(ctx.dataset, cfg, train["label"])
   bank, full = cav.learn_cav_bank(train["embed"], source.labels, source.names, _cav_options(cfg),
@@ -75,7 +101,14 @@ def run_concepts(ctx: Context) -> dict:
           "mean_heldout_accuracy": float(np.mean(accuracies)), "min_heldout_accuracy": float(np.min(accuracies))}
 
 
+def bank_embeddings(ctx: Context, bank: ConceptBank, split: str) -> np.ndarray:
+  """The embeddings the bank's concepts live in: the model's (CAV) or CLIP's image features (text)."""
+  stage_name = bank.info.get("embeddings", "embed")
+  return np.load(ctx.stage_dir(stage_name) / f"{split}_embed.npy", allow_pickle=False)
+
+
 def load_bank(ctx: Context) -> ConceptBank:
   bank = ConceptBank.load(ctx.stage_dir("concepts") / "bank")
-  bank.check_dim(int(np.load(ctx.stage_dir("embed") / "train_embed.npy", mmap_mode="r").shape[1]))
+  bank.check_dim(int(np.load(ctx.stage_dir(bank.info.get("embeddings", "embed")) / "train_embed.npy",
+                             mmap_mode="r").shape[1]))
   return bank
