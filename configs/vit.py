@@ -8,7 +8,7 @@ Variants:
           `dataset-fashion-mnist`) in a few minutes on a 2-core CPU.
 - synthetic  a small ViT on the synthetic concept dataset (ground-truth concepts per image), for
           grading concept inference (benchmarks/concept_inference.py).
-- tiny    a seconds-long smoke run on scikit-learn's 8x8 digits (tests, CI).
+- tiny    a seconds-long smoke run of every stage on a small synthetic concept dataset (tests, CI).
 
 Any field can be overridden: `--config.train.batch_size=256`, `--config.model.depth=6`.
 """
@@ -133,11 +133,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=100, final_lr_ratio=0.01)
     c.mesh.cpu_devices = 2
   elif variant == "tiny":
-    c.stages = ("train",)
-    c.data.name = "digits"
-    c.model.update(patch_size=4, width=32, depth=2, heads=2, mlp_dim=64)
-    c.train.update(batch_size=64, num_epochs=3.0, eval_batch_size=128, log_every_steps=10,
+    c.data.name = "synthetic_concepts_small"
+    c.concepts.update(source="labels", n_per_side=50, n_heldout=50, min_accuracy=0.6)
+    c.model.update(patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
+    c.train.update(batch_size=64, num_epochs=4.0, eval_batch_size=200, log_every_steps=10,
                    checkpoint_every_steps=20)
+    c.attribution.update(n_steps=16, saliency_images=2, saliency_steps=8)
     c.optim.update(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=10)
   else:
     raise ValueError(f"unknown variant {variant!r} of configs/vit.py; valid: paper (default), demo, "

@@ -73,13 +73,12 @@ def test_concept_files_naming_unknown_classes_are_refused(tmp_path):
     CONCEPT_SOURCES.get("wiki")
 
 
-def test_synthetic_dataset_has_ground_truth_concepts(tmp_path, monkeypatch):
-  monkeypatch.setattr(synthetic.SyntheticConcepts, "SPLIT_SIZES", {"train": 200, "test": 50})
-  ds = load_dataset(mlc.ConfigDict(dict(name="synthetic_concepts", data_dir=str(tmp_path))))
+def test_synthetic_dataset_has_ground_truth_concepts(tmp_path):
+  ds = load_dataset(mlc.ConfigDict(dict(name="synthetic_concepts_small", data_dir=str(tmp_path))))
   assert ds.image_shape == (32, 32, 3) and ds.num_classes == 10
   assert ds.metadata["concepts"] == list(synthetic.CONCEPTS)
   data = read_arrays(ds.split("train"), keys=("image", "label", "concepts"))
-  assert data["concepts"].shape == (200, 12)
+  assert data["concepts"].shape == (1000, 12) and len(ds.split("test")) == 400
   for label, concepts in zip(data["label"], data["concepts"]):
     own = concepts[list(synthetic.CLASS_CONCEPTS[label])]
     assert own.sum() >= 2 and concepts.sum() - own.sum() >= 1  # class concepts + distractors

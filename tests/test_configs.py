@@ -18,7 +18,8 @@ def test_variants_build(variant):
   cfg = _get_config(variant)
   assert cfg.train.batch_size % 8 == 0
   optim.make_optimizer(cfg.optim, 100)
-  native = {"digits": 8, "fashion_mnist_idx": 28, "synthetic_concepts": 32, "cifar10": 32}[cfg.data.name]
+  native = {"fashion_mnist_idx": 28, "synthetic_concepts": 32, "synthetic_concepts_small": 32,
+            "cifar10": 32}[cfg.data.name]
   vit_config(cfg.model, image_size=cfg.data.image_size or native, channels=1, num_classes=10)
 
 

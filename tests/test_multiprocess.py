@@ -27,9 +27,8 @@ def test_two_processes_match_one_process(tmp_path):
   data_dir = tmp_path / "tfds"
   args = ["--config=configs/vit.py:tiny", f"--config.data.data_dir={data_dir}"]
 
-  # The single-process run goes first and prepares the digits dataset in data_dir, which the
-  # 2-process run then reads (see the report on cu_jax/data/datasets.py: preparing it inside a
-  # multi-process job leaves process 1 with a builder that has no splits).
+  # Separate data dirs: the 2-process job prepares its dataset itself (process 0 writes, the
+  # other waits at a barrier).
   single = subprocess.run(
       [sys.executable, "-m", "cu_jax.main", *args, f"--workdir={tmp_path / 'single'}"], cwd=ROOT,
       env=dict(_base_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
@@ -38,7 +37,8 @@ def test_two_processes_match_one_process(tmp_path):
 
   multi = subprocess.run(
       [sys.executable, "launch/local_multiprocess.py", "--num_processes=2", "--devices_per_process=2",
-       "--timeout=280", "--", *args, f"--workdir={tmp_path / 'multi'}"], cwd=ROOT, env=_base_env(),
+       "--timeout=280", "--", *args, f"--config.data.data_dir={tmp_path / 'tfds2'}",
+       f"--workdir={tmp_path / 'multi'}"], cwd=ROOT, env=_base_env(),
       capture_output=True, text=True, timeout=300)
   assert multi.returncode == 0, multi.stdout[-4000:]
   assert "[0] " in multi.stdout and "[1] " in multi.stdout
@@ -51,7 +51,11 @@ def test_two_processes_match_one_process(tmp_path):
   assert done_2["test"]["num_examples"] == done_1["test"]["num_examples"]
   assert abs(done_2["test"]["accuracy"] - done_1["test"]["accuracy"]) <= 1e-6
   assert abs(done_2["test"]["loss"] - done_1["test"]["loss"]) <= 1e-5
-  assert done_2["test"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+  assert done_2["test"]["accuracy"] > 0.25  # 10 classes: chance is 0.1
+  # The later stages ran on both processes (gathered embeddings, the same concept analysis).
+  concepts = [json.loads((tmp_path / run / "attribute" / "concepts.json").read_text()) for run in ("single", "multi")]
+  names = [[c["name"] for c in run["key_concepts"]] for run in concepts]
+  assert names[0] == names[1] and concepts[0]["donor"]["index"] == concepts[1]["donor"]["index"]
   # Both processes wrote their shards of the last checkpoint.
   last = tmp_path / "multi" / "train" / "checkpoints" / str(done_2["steps"]) / "state"
   assert (last / "ocdbt.process_0").exists() and (last / "ocdbt.process_1").exists()

@@ -172,6 +172,31 @@ def prox_elastic_net(v: jax.Array, step: jax.Array, l1: jax.Array, l2: jax.Array
   return jnp.sign(v) * jnp.maximum(jnp.abs(v) - step * l1, 0.0) / (1.0 + step * l2)
 
 
+def recenter_columns(u: jax.Array, l1: jax.Array, l2: jax.Array) -> jax.Array:
+  """Shift each column of (K, m) u by the c_j minimising sum_k l1_j |u_kj - c| + l2_j / 2 (u_kj - c)^2.
+
+  Softmax logits do not change when the same multiple of a feature is added to every class's
+  weight (the column sums of the multinomial gradient are zero), so this exact minimisation along
+  the invariant direction lowers the penalty without touching the loss. Convex and piecewise
+  quadratic in c: the minimiser is either a kink u_(i) or the stationary point of the quadratic
+  piece between two consecutive kinks (clipped into it); all 2K + 1 candidates are scored.
+  """
+  k = u.shape[0]
+  w = jnp.sort(u, axis=0)  # (K, m)
+  total = jnp.sum(u, axis=0)
+  below = jnp.arange(k + 1, dtype=u.dtype)[:, None]  # kinks below the piece i
+  ratio = jnp.where(l2 > 0, l1 / jnp.where(l2 > 0, l2, 1.0), 0.0)
+  stationary = (total - ratio * (2.0 * below - k)) / k  # (K + 1, m)
+  lo = jnp.concatenate([jnp.full((1, u.shape[1]), -jnp.inf, u.dtype), w], axis=0)
+  hi = jnp.concatenate([w, jnp.full((1, u.shape[1]), jnp.inf, u.dtype)], axis=0)
+  stationary = jnp.where(l2 > 0, jnp.clip(stationary, lo, hi), jnp.clip(0.0, lo, hi))
+  candidates = jnp.concatenate([w, stationary], axis=0)  # (2K + 1, m)
+  d = u[None, :, :] - candidates[:, None, :]  # (2K + 1, K, m)
+  cost = jnp.sum(l1 * jnp.abs(d) + 0.5 * l2 * d * d, axis=1)
+  best = jnp.take_along_axis(candidates, jnp.argmin(cost, axis=0)[None], axis=0)
+  return u - best
+
+
 # ----------------------------------------------------------------------------------------------
 # FISTA
 
@@ -193,8 +218,9 @@ class _State(NamedTuple):
   done: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "ovr", "standardize", "window", "max_backtracks"))
-def _fista(x, y, lam, l1_ratio, max_iter, tol, gtol, step_growth, *, num_classes, ovr, standardize,
+@functools.partial(jax.jit, static_argnames=("num_classes", "ovr", "standardize", "recenter", "window",
+                                             "max_backtracks"))
+def _fista(x, y, lam, l1_ratio, max_iter, tol, gtol, step_growth, *, num_classes, ovr, standardize, recenter,
            window=10, max_backtracks=30):
   dtype = x.dtype
   n = x.shape[0]
@@ -258,9 +284,11 @@ def _fista(x, y, lam, l1_ratio, max_iter, tol, gtol, step_growth, *, num_classes
       return k + 1, step, attempt(step)
 
     _, step, (un, cn, zn, fn, _) = jax.lax.while_loop(bt_cond, bt_body, (0, s.step, attempt(s.step)))
-    f_new = fn + pen(un)
-    # relative-size of the composite gradient step, in units of dF/dW (undo the column scaling)
+    # size of the composite gradient step, in units of dF/dW (the column scaling undone)
     gm = jnp.maximum(jnp.max(jnp.abs(uy - un) / sigma), jnp.max(jnp.abs(cy - cn))) / step
+    if recenter:  # z is then off by a per-example constant, to which softmax is blind
+      un = recenter_columns(un, l1, l2)
+    f_new = fn + pen(un)
     worse = f_new > s.f
     against = (jnp.vdot(uy - un, un - s.u) + jnp.vdot(cy - cn, cn - s.c)) > 0
     restart = jnp.logical_or(worse, against)
@@ -288,7 +316,7 @@ def _fista(x, y, lam, l1_ratio, max_iter, tol, gtol, step_growth, *, num_classes
 
 def fit_elastic_net(x: Any, y: Any, num_classes: int, *, lam: float = 1e-5, l1_ratio: float = 0.99,
                     ovr: bool = False, max_iter: int = 5000, tol: float = 1e-7, gtol: float = 0.0,
-                    standardize: bool = True, step_growth: float = 1.1) -> PCBMHead:
+                    standardize: bool = True, step_growth: float = 1.1, recenter: bool = True) -> PCBMHead:
   """Fit the elastic-net concept head of the module docstring with jitted FISTA.
 
   Args:
@@ -317,7 +345,7 @@ def fit_elastic_net(x: Any, y: Any, num_classes: int, *, lam: float = 1e-5, l1_r
   weight, bias, info = _fista(x, y, jnp.asarray(lam, dtype), jnp.asarray(l1_ratio, dtype),
                               jnp.asarray(max_iter, jnp.int32), jnp.asarray(tol, dtype), jnp.asarray(gtol, dtype),
                               jnp.asarray(step_growth, dtype), num_classes=int(num_classes), ovr=bool(ovr),
-                              standardize=bool(standardize))
+                              standardize=bool(standardize), recenter=bool(recenter) and not ovr)
   info = {k: v.item() for k, v in jax.device_get(info).items()}
   info["ovr"] = bool(ovr)
   return PCBMHead(weight, bias, info)

@@ -118,10 +118,16 @@ def _fashion_mnist_idx(cfg) -> tfds.core.DatasetBuilder:
   return _prepare_local(make)
 
 
-@DATASETS.register("synthetic_concepts")
-def _synthetic_concepts(cfg) -> tfds.core.DatasetBuilder:
-  from cu_jax.data.synthetic import SyntheticConcepts
-  return _prepare_local(lambda: SyntheticConcepts(data_dir=cfg.data_dir, file_format="array_record"))
+def _synthetic(config_name: str):
+  def make(cfg) -> tfds.core.DatasetBuilder:
+    from cu_jax.data.synthetic import SyntheticConcepts
+    return _prepare_local(lambda: SyntheticConcepts(config=config_name, data_dir=cfg.data_dir,
+                                                    file_format="array_record"))
+  return make
+
+
+DATASETS.register("synthetic_concepts")(_synthetic("default"))
+DATASETS.register("synthetic_concepts_small")(_synthetic("small"))
 
 
 @DATASETS.register("digits")

@@ -97,10 +97,19 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class SyntheticConcepts(tfds.core.GeneratorBasedBuilder):
-  """Synthetic images with ground-truth concepts: 10 classes x 3 concepts of 12."""
+  """Synthetic images with ground-truth concepts: 10 classes x 3 concepts of 12.
+
+  Configs: `default` (10,000 train / 2,000 test) and `small` (1,000 / 400, for tests).
+  """
 
   VERSION = tfds.core.Version("1.0.0")
-  SPLIT_SIZES = {"train": 10000, "test": 2000}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default", description="10,000 train / 2,000 test"),
+                     tfds.core.BuilderConfig(name="small", description="1,000 train / 400 test")]
+  SIZES = {"default": {"train": 10000, "test": 2000}, "small": {"train": 1000, "test": 400}}
+
+  @property
+  def split_sizes(self) -> dict[str, int]:
+    return self.SIZES[self.builder_config.name]
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -118,9 +127,9 @@ class SyntheticConcepts(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in self.SPLIT_SIZES}
+    return {split: self._generate_examples(split) for split in self.split_sizes}
 
   def _generate_examples(self, split):
-    images, labels, concepts = generate(self.SPLIT_SIZES[split], seed={"train": 0, "test": 1}[split])
+    images, labels, concepts = generate(self.split_sizes[split], seed={"train": 0, "test": 1}[split])
     for i in range(len(labels)):
       yield i, {"image": images[i], "label": int(labels[i]), "concepts": concepts[i]}

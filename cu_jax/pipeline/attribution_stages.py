@@ -44,7 +44,8 @@ def run_pcbm(ctx: Context) -> dict:
   head = pcbm.fit_elastic_net(s_train, train["label"], k, lam=cfg.lam, l1_ratio=cfg.l1_ratio,
                               max_iter=cfg.max_iter, tol=cfg.tol)
   weight, bias = np.asarray(head.weight), np.asarray(head.bias)
-  save_file({"weight": weight, "bias": bias}, str(out_dir / "head.safetensors"))
+  if ctx.primary:
+    save_file({"weight": weight, "bias": bias}, str(out_dir / "head.safetensors"))
   pred_train = np.asarray(pcbm.predict(head, s_train))
   pred_test = np.asarray(pcbm.predict(head, s_test))
   summary = {
@@ -151,20 +152,21 @@ def run_attribute(ctx: Context) -> dict:
   truth = _ground_truth(ctx, bank, top, donor_of)
   if truth:
     result["ground_truth"] = truth
-  for name, values in (("importance_ig", ig), ("importance_ig_signed", ig_signed), ("presence", presence)):
-    np.save(out_dir / f"{name}.npy", values, allow_pickle=False)
   write_json(out_dir / "concepts.json", result)
-
-  plots.concept_importance_bars(
-      bank.names, {"IG of log p(class)": ig[forget], "PCBM weight": weight[forget]},
-      f"concepts of '{ds.class_names[forget]}' (key: {', '.join(bank.names[j] for j in key)}; "
-      f"donor: '{ds.class_names[donor]}')", out_dir / "forget_concepts.png", highlight=key)
+  if ctx.primary:
+    for name, values in (("importance_ig", ig), ("importance_ig_signed", ig_signed), ("presence", presence)):
+      np.save(out_dir / f"{name}.npy", values, allow_pickle=False)
+    plots.concept_importance_bars(
+        bank.names, {"IG of log p(class)": ig[forget], "PCBM weight": weight[forget]},
+        f"concepts of '{ds.class_names[forget]}' (key: {', '.join(bank.names[j] for j in key)}; "
+        f"donor: '{ds.class_names[donor]}')", out_dir / "forget_concepts.png", highlight=key)
   if bank.kind == "cav" and cfg.saliency_images:
     idx = np.flatnonzero(test["label"] == forget)[:cfg.saliency_images]
     images, maps = input_saliency(ctx, bank, key[0], idx, cfg.saliency_steps)
-    np.save(out_dir / "saliency_maps.npy", maps, allow_pickle=False)
-    plots.saliency_overlays(images, maps, [f"test #{i}" for i in idx], out_dir / "saliency.png",
-                            suptitle=f"where '{bank.names[key[0]]}' lives in '{ds.class_names[forget]}' images (IG)")
+    if ctx.primary:
+      np.save(out_dir / "saliency_maps.npy", maps, allow_pickle=False)
+      plots.saliency_overlays(images, maps, [f"test #{i}" for i in idx], out_dir / "saliency.png",
+                              suptitle=f"where '{bank.names[key[0]]}' lives in '{ds.class_names[forget]}' images (IG)")
   logging.info("attribute: key concepts of %r: %s; donor %r", ds.class_names[forget],
                [bank.names[j] for j in key], ds.class_names[donor])
   summary = {k_: result[k_] for k_ in ("forget_class", "key_concepts", "donor", "confusion_forget_donor_test")}

@@ -38,7 +38,8 @@ def run_embed(ctx: Context) -> dict:
                            mesh=ctx.mesh)
     out["label"] = read_arrays(source, keys=("label",))["label"].astype(np.int64)
     for k, v in out.items():
-      np.save(out_dir / f"{split}_{k}.npy", v, allow_pickle=False)
+      if ctx.primary:
+        np.save(out_dir / f"{split}_{k}.npy", v, allow_pickle=False)
     accuracy = float((out["logits"].argmax(-1) == out["label"]).mean())
     summary[split] = {"num_examples": int(len(out["label"])), "dim": int(out["embed"].shape[1]), "accuracy": accuracy}
     logging.info("embed: %s %d x %d, model accuracy %.4f", split, len(v), out["embed"].shape[1], accuracy)
@@ -77,8 +78,10 @@ def _text_bank(ctx: Context) -> dict:
   for split in SPLITS:
     feats = clip_image_embeddings(model, ctx.dataset.split(split), global_batch=ctx.config.train.eval_batch_size,
                                   mesh=ctx.mesh)
-    np.save(out_dir / f"{split}_embed.npy", feats, allow_pickle=False)
-  bank.save(out_dir / "bank")
+    if ctx.primary:
+      np.save(out_dir / f"{split}_embed.npy", feats, allow_pickle=False)
+  if ctx.primary:
+    bank.save(out_dir / "bank")
   return {"num_concepts": len(bank), "bank": "text", "embedding_dim": bank.dim}
 
 
@@ -94,8 +97,9 @@ def run_concepts(ctx: Context) -> dict:
   if len(bank) == 0:
     raise UserError(f"no concept reached held-out accuracy {cfg.min_accuracy}; lower "
                     "--config.concepts.min_accuracy or check the concept source")
-  full.save(out_dir / "bank_all")
-  bank.save(out_dir / "bank")
+  if ctx.primary:
+    full.save(out_dir / "bank_all")
+    bank.save(out_dir / "bank")
   accuracies = [q["heldout_accuracy"] for q in bank.quality]
   return {"num_concepts": len(bank), "num_candidates": len(full), "dropped": sorted(set(full.names) - set(bank.names)),
           "mean_heldout_accuracy": float(np.mean(accuracies)), "min_heldout_accuracy": float(np.min(accuracies))}

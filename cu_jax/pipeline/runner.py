@@ -61,6 +61,11 @@ class Context:
   def stage_dir(self, name: str) -> pathlib.Path:
     return self.workdir / name
 
+  @property
+  def primary(self) -> bool:
+    """Whether this process writes the run's files (process 0; every process computes)."""
+    return jax.process_index() == 0
+
   @functools.cached_property
   def dataset(self):
     from cu_jax.data.datasets import default_data_dir, load_dataset
@@ -123,6 +128,12 @@ def plan(config, workdir: pathlib.Path, overwrite: bool) -> list[tuple[Stage, di
   return decisions
 
 
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool = False) -> dict[str, Any]:
   """Runs the configured stages in order; returns each stage's summary."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
@@ -131,6 +142,9 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
   for st, _, action in decisions:  # every input is checked before anything is written
     if action != "skip" and st.validate is not None:
       st.validate(ctx)
+  # Every process decides what to delete before any of them writes (a shared workdir on a pod).
+  replace = {st.name for st, _, action in decisions if action == "run" and ctx.stage_dir(st.name).exists()}
+  _sync("cu_jax plan")
   summaries = {}
   for st, fp, action in decisions:
     stage_dir = ctx.stage_dir(st.name)
@@ -138,19 +152,18 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
       summaries[st.name] = json.loads((stage_dir / "done.json").read_text())
       logging.info("stage %s: done already (%s), skipped", st.name, stage_dir)
       continue
-    if action == "run" and stage_dir.exists():
-      if jax.process_index() == 0:
+    if st.name in replace:
+      if ctx.primary:
         logging.warning("stage %s: --overwrite, deleting %s", st.name, stage_dir)
         shutil.rmtree(stage_dir)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"cu_jax overwrite {st.name}")
+      _sync(f"cu_jax overwrite {st.name}")
     write_json(stage_dir / "config.json", fp)
     logging.info("stage %s: %s", st.name, "resuming" if action == "resume" else "running")
     t0 = time.perf_counter()
     summary = st.run(ctx)
     summary["wall_s"] = time.perf_counter() - t0
     write_json(stage_dir / "done.json", summary)
+    _sync(f"cu_jax stage {st.name}")  # later stages read what this one wrote
     summaries[st.name] = summary
     logging.info("stage %s: finished in %s", st.name, format_seconds(summary["wall_s"]))
   write_json(workdir / "config.json", config.to_dict())
