@@ -1,24 +1,29 @@
 """Integrated Gradients throughput (images/s): cu_jax vs captum on the same ViT, same rule and steps.
 
     python benchmarks/ig_throughput.py [--batch=64] [--n_steps=50] [--method=gausslegendre]
-        [--chunks=64,128,256,512,1024,all] [--rounds=7]
+        [--chunks=64,128,256,512,1024,all,128@2,256@2] [--captum=default,1thread,ibs256]
+        [--rounds=7]
 
 The model is the demo ViT shape (configs/vit.py:demo: 28x28x1 images, patch 7, width 128, depth 4,
 heads 4, MLP 256, 10 classes), built as a `transformers.ViTForImageClassification` with random
 weights, saved, and imported into cu_jax's ViT (`load_hf_vit`): both sides run the same weights.
 One batch of `--batch` images, one target per image, zero baselines, convergence deltas on both
-sides (captum: `IntegratedGradients.attribute(..., return_convergence_delta=True)`; captum's
-default `internal_batch_size=None`, i.e. all batch x steps points in one pass, and also with
-`internal_batch_size` = 256 points).
+sides (captum: `IntegratedGradients.attribute(..., return_convergence_delta=True)`). captum runs
+as users run it (`--captum`): its default `internal_batch_size=None` (all batch x steps points in
+one pass) with torch's default threads, with one torch thread, and with `internal_batch_size=256`;
+"vs captum" is against the fastest of these.
 
-Each setting runs in its own worker process (one XLA CPU device; torch with its default threads),
-compiled / warmed up first; then the timed runs go round-robin over the workers, one at a time,
-so that every setting sees the same background load. Reported: the best and the median seconds
-per batch, images/s of the best, ours / best captum, the peak resident memory during the timed
-runs (VmHWM, reset after warm-up; it includes the process's baseline: Python, the framework and
-the model) and, for cu_jax, XLA's temporary-buffer size for the compiled function. The workers run
-with `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000` in their environment (set here):
-without them large XLA:CPU buffers are page-faulted in again on every execution (DESIGN §7).
+Each setting runs in its own worker process, compiled / warmed up first; then the timed runs go
+round-robin over the workers, one at a time, so that every setting sees the same background load.
+cu_jax runs through `make_ig_fn`, on one XLA CPU device, or for `C@D` on D devices
+(`make_ig_fn(..., mesh=)`: `jax.shard_map` over the examples): XLA:CPU runs this program's ops
+one after another, which leaves the second core partly idle; a second device fills it.
+Reported: the best and the median seconds per batch, images/s of the best, ours / best captum,
+the peak resident memory during the timed runs (VmHWM, reset after warm-up; it includes the
+process's baseline: Python, the framework and the model) and, for cu_jax, XLA's temporary-buffer
+size for the compiled function (per device). The workers run with `MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000` in their environment (set here): without them large XLA:CPU
+buffers are page-faulted in again on every execution (DESIGN §7).
 """
 
 import argparse
@@ -76,6 +81,8 @@ def _captum_worker(args, setting: str):
   x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
   t = torch.from_numpy(target)
   ibs = 256 if setting == "captum-ibs256" else None
+  if setting == "captum-1thread":
+    torch.set_num_threads(1)
   ig = IntegratedGradients(lambda pixels: model(pixel_values=pixels).logits)
 
   def run():
@@ -88,28 +95,25 @@ def _captum_worker(args, setting: str):
 
 def _jax_worker(args, setting: str):
   import jax
-  from flax import nnx
-  from cu_jax.attribution.ig import integrated_gradients
+  from cu_jax.attribution.ig import make_ig_fn
   from cu_jax.models.hf_vit import load_hf_vit
-  graphdef, state = nnx.split(load_hf_vit(args.folder))
+  from cu_jax.parallel.mesh import make_mesh
+  model = load_hf_vit(args.folder)
   images, target = _inputs(args.batch)
-  chunk = setting.split(":")[1]
-  chunk_size = args.batch * args.n_steps if chunk == "all" else int(chunk)
-
-  def ig(state, x, t):
-    return integrated_gradients(nnx.merge(graphdef, state), x, target=t, n_steps=args.n_steps,
-                                method=args.method, chunk_size=chunk_size)
-
+  chunk, _, devices = setting.split(":")[1].partition("@")
+  devices = int(devices or 1)
+  assert jax.device_count() == devices, (jax.device_count(), devices)
+  chunk_size = args.batch * args.n_steps // devices if chunk == "all" else int(chunk)
+  ig = make_ig_fn(model, n_steps=args.n_steps, method=args.method, chunk_size=chunk_size,
+                  mesh=make_mesh(devices) if devices > 1 else None)
   t0 = time.perf_counter()
-  compiled = jax.jit(ig).lower(state, images, target).compile()
+  mem = ig.lower(images, None, target).compile().memory_analysis()
   info = {"compile_s": time.perf_counter() - t0}
-  mem = compiled.memory_analysis()
   if mem is not None:
     info["xla_temp_mb"] = mem.temp_size_in_bytes / 2**20
-  x, t = jax.device_put(images), jax.device_put(target)
 
   def run():
-    return np.asarray(jax.block_until_ready(compiled(state, x, t)).attributions)
+    return np.asarray(jax.block_until_ready(ig(images, None, target)).attributions)
 
   return run, info
 
@@ -134,7 +138,9 @@ def main(args):
   root = pathlib.Path(__file__).resolve().parents[1]
   env = dict(os.environ, JAX_PLATFORMS="cpu", **_MALLOC)
   env.pop("XLA_FLAGS", None)  # one XLA CPU device
-  settings = ["captum", "captum-ibs256"] + [f"cu_jax:{c}" for c in args.chunks.split(",")]
+  settings = [f"captum{'' if c == 'default' else '-' + c}" for c in args.captum.split(",")]
+  settings += [f"cu_jax:{c}" for c in args.chunks.split(",")]
+  load0 = os.getloadavg()[0]
   with tempfile.TemporaryDirectory() as folder:
     _make_model(folder)
     print(f"IG of the demo ViT (28x28x1, patch 7, width 128, depth 4, heads 4, MLP 256), "
@@ -145,9 +151,16 @@ def main(args):
     for s in settings:  # start and warm up one at a time
       cmd = [sys.executable, __file__, f"--worker={s}", f"--folder={folder}", f"--batch={args.batch}",
              f"--n_steps={args.n_steps}", f"--method={args.method}"]
-      p = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
-      info[s] = json.loads(p.stdout.readline())
+      log = open(os.path.join(folder, f"log_{s.replace(':', '_')}.txt"), "w")
+      devices = s.partition("@")[2]
+      wenv = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}") if devices else env
+      p = subprocess.Popen(cmd, cwd=root, env=wenv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=log, text=True)
+      line = p.stdout.readline()
+      if not line:
+        log.close()
+        raise RuntimeError(f"worker {s} failed:\n" + pathlib.Path(log.name).read_text()[-3000:])
+      info[s] = json.loads(line)
       workers[s] = p
     times = {s: [] for s in settings}
     for r in range(args.rounds):
@@ -161,13 +174,13 @@ def main(args):
       p.stdin.flush()
       info[s].update(json.loads(p.stdout.readline()))
       p.wait()
-    reference = np.load(os.path.join(folder, "attr_captum.npy"))
+    reference = np.load(os.path.join(folder, f"attr_{settings[0]}.npy"))
     diff = {}
     for s in settings:
       ours = np.load(os.path.join(folder, f"attr_{s.replace(':', '_')}.npy"))
       diff[s] = np.linalg.norm(ours - reference) / np.linalg.norm(reference)
 
-  captum_best = min(min(times["captum"]), min(times["captum-ibs256"]))
+  captum_best = min(min(t) for s, t in times.items() if s.startswith("captum"))
   print(f"{'setting':>16} {'best s':>7} {'median s':>8} {'images/s':>9} {'vs captum':>9} "
         f"{'peak RSS MB':>11} {'XLA temp MB':>11} {'compile s':>9} {'rel. diff':>9}")
   for s in settings:
@@ -177,8 +190,9 @@ def main(args):
     comp = f"{i['compile_s']:.1f}" if "compile_s" in i else "-"
     print(f"{s:>16} {best:>7.3f} {med:>8.3f} {args.batch / best:>9.1f} {captum_best / best:>8.2f}x "
           f"{i['peak_rss_mb']:>11.0f} {temp:>11} {comp:>9} {diff[s]:>9.1e}")
-  print("vs captum: against the faster captum setting's best time. rel. diff: ||attr - captum's|| / "
-        "||captum's||.")
+  print(f"vs captum: against the fastest captum setting's best time. rel. diff: ||attr - a|| / ||a||, "
+        f"a = {settings[0]}'s attributions. Load average {os.getloadavg()[0]:.1f} at the end "
+        f"({load0:.1f} at the start).")
 
 
 if __name__ == "__main__":
@@ -186,8 +200,12 @@ if __name__ == "__main__":
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--n_steps", type=int, default=50)
   parser.add_argument("--method", default="gausslegendre")
-  parser.add_argument("--chunks", default="64,128,256,512,1024,all",
-                      help="cu_jax chunk sizes (path points per pass); 'all' = batch x steps")
+  parser.add_argument("--chunks", default="64,128,256,512,1024,all,128@2,256@2",
+                      help="cu_jax chunk sizes (path points per pass; 'all' = batch x steps); "
+                      "'C@D': chunk C on D XLA CPU devices, the examples sharded over them")
+  parser.add_argument("--captum", default="default,1thread,ibs256",
+                      help="captum settings: default (all points in one pass, torch's threads), "
+                      "1thread (torch.set_num_threads(1)), ibs256 (internal_batch_size=256)")
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--folder", help=argparse.SUPPRESS)

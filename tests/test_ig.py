@@ -75,9 +75,12 @@ def test_baseline_and_target_forms():
     res = ig(_X, baselines, 1)  # an int target
     np.testing.assert_allclose(np.asarray(res.attributions), w_t * (_X - per_example), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(res.delta), 0.0, atol=1e-5)
+  compiled = make_ig_fn(_linear, n_steps=4, method="gausslegendre")  # a plain function
+  np.testing.assert_allclose(np.asarray(compiled(_X, target=1).attributions), w_t * _X, rtol=1e-5, atol=1e-6)
   scalar = lambda x: _linear(x)[:, 2]  # scalar outputs: no target
   res = integrated_gradients(scalar, _X, n_steps=4)
-  np.testing.assert_allclose(np.asarray(res.attributions), _W[:, 2].reshape(_SHAPE) * _X, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(res.attributions), _W[:, 2].reshape(_SHAPE) * _X,
+                             rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="pass `target`"):
     integrated_gradients(_linear, _X, n_steps=4)
   with pytest.raises(ValueError, match="do not broadcast"):
@@ -117,6 +120,20 @@ def test_chunking_and_unbatched_fn_give_the_same_result():
     np.testing.assert_allclose(np.asarray(other.attributions), np.asarray(whole.attributions),
                                rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(other.delta), np.asarray(whole.delta), atol=1e-6)
+
+
+def test_sharded_over_a_mesh_gives_the_same_result():
+  from cu_jax.parallel.mesh import make_mesh
+  plain = _ig(_log_probs, n_steps=8, method="gausslegendre", chunk_size=None)(_X, _X0, _T)
+  for devices in (2, 8):  # 3 examples: padded to 4 and to 8
+    sharded = make_ig_fn(_log_probs, n_steps=8, mesh=make_mesh(devices))(_X, _X0, _T)
+    np.testing.assert_allclose(np.asarray(sharded.attributions), np.asarray(plain.attributions),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(sharded.delta), np.asarray(plain.delta), atol=1e-6)
+  scalar = lambda x: _log_probs(x)[:, 1]  # no target, default baselines
+  np.testing.assert_allclose(
+      np.asarray(make_ig_fn(scalar, n_steps=8, mesh=make_mesh(2))(_X).attributions),
+      np.asarray(integrated_gradients(scalar, _X, n_steps=8).attributions), rtol=1e-5, atol=1e-7)
 
 
 # Parity with captum on a tiny HF ViT and our port of the same weights.

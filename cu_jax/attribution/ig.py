@@ -32,8 +32,12 @@ reverse-mode pass takes the gradient of the *sum* of the chunk's selected output
 the chunk's points: since F treats the rows of a batch independently, row j of that gradient is
 dF(point_j)/d point_j (the assumption captum makes too: no batch statistics, no cross-example
 terms in F). Each row is scaled by its weight w_k and scatter-added into its example's row of
-the accumulator. Chunks are balanced (sizes differ by at most one point of padding per chunk;
-padding points have weight 0). F(x) and F(x') for `delta` take one chunked forward pass.
+the accumulator. All chunks have the same size, ceil(P / ceil(P / chunk_size)) for P points, so
+the padding (weight-0 points, in the last chunk) is less than one point per chunk. F(x) and F(x')
+for `delta` take one chunked forward pass. With `has_batch=False`, F is `jax.vmap`ped over the
+points of a chunk.
+
+`make_ig_fn` compiles this once per setting and can split the examples over a device mesh.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ import numpy as np
 from flax import nnx
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-DEFAULT_CHUNK_POINTS = 256  # ~ best throughput for a small ViT on a 2-core CPU (benchmarks/)
+# Path points per reverse-mode pass. On a 2-core CPU, IG of the demo ViT runs fastest at 64-128
+# (128: ~5-10% faster than 256, 20% faster than 1024; benchmarks/ig_throughput.py), and a small
+# chunk bounds the activations of a larger model too.
+DEFAULT_CHUNK_POINTS = 128
 
 
 class IGResult(NamedTuple):
@@ -202,29 +209,70 @@ def integrated_gradients(fn: Callable[[jax.Array], jax.Array], inputs: Any, base
   return IGResult(attributions, delta)
 
 
+def _sharded(ig: Callable[..., IGResult], mesh: jax.sharding.Mesh, axis: str) -> Callable[..., IGResult]:
+  """`ig(state, inputs, baselines, target)` with the examples split over `mesh`'s `axis`.
+
+  Each device runs the whole path of its examples (its own chunked scan); parameters
+  (`state`) are replicated. The batch is padded with copies of its last example to a multiple of
+  the axis size, and the padding is dropped from the result.
+  """
+  from jax.sharding import PartitionSpec as P
+  n = mesh.shape[axis]
+
+  def run(state, inputs, baselines, target):
+    x = jnp.asarray(inputs)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      x = x.astype(jnp.float32)
+    b = x.shape[0]
+    base = jnp.broadcast_to(jnp.asarray(0.0 if baselines is None else baselines, x.dtype), x.shape)
+    t = None if target is None else jnp.broadcast_to(jnp.asarray(target), (b,))
+    pad = -b % n
+    rows = jnp.minimum(jnp.arange(b + pad), b - 1)
+    x, base = x[rows], base[rows]
+    if t is None:
+      out = jax.shard_map(lambda st, x, x0: ig(st, x, x0, None), mesh=mesh,
+                          in_specs=(P(), P(axis), P(axis)), out_specs=P(axis))(state, x, base)
+    else:
+      out = jax.shard_map(ig, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis)),
+                          out_specs=P(axis))(state, x, base, t[rows])
+    return IGResult(out.attributions[:b], out.delta[:b])
+
+  return run
+
+
 def make_ig_fn(fn: Callable[[jax.Array], jax.Array] | nnx.Module, *, n_steps: int = 50,
-               method: str = "gausslegendre", chunk_size: int | None = None, has_batch: bool = True
-               ) -> Callable[..., IGResult]:
+               method: str = "gausslegendre", chunk_size: int | None = None, has_batch: bool = True,
+               mesh: jax.sharding.Mesh | None = None, axis: str = "data") -> Callable[..., IGResult]:
   """`ig(inputs, baselines=None, target=None) -> IGResult`, jitted once for these settings.
 
   `fn` may be an `nnx.Module` (e.g. a `ViT`): its state is split off and passed to the compiled
   function as an argument (not baked in as constants); the returned function uses the module's
   state as it is now (call `make_ig_fn` again after changing the weights). It recompiles only
   for new shapes/dtypes, or when `baselines`/`target` switch between None and an array.
+
+  `mesh`: split the examples over its `axis` (`jax.shard_map`; `chunk_size` is then per device).
+  On a 2-core CPU, 2 XLA CPU devices run IG of a small ViT ~10-20% faster than one: XLA:CPU runs
+  this program's ops one after another, and a second device fills the idle core
+  (benchmarks/ig_throughput.py).
+
+  `ig.lower(inputs, baselines=None, target=None)` lowers the compiled function (e.g. for
+  `.compile().memory_analysis()`).
   """
   static = dict(n_steps=n_steps, method=method, chunk_size=chunk_size, has_batch=has_batch)
   path_points(n_steps, method)  # fail early on a bad rule
   if isinstance(fn, nnx.Module):
     graphdef, state = nnx.split(fn)
+    call = lambda st, inputs: nnx.merge(graphdef, st)(inputs)
+  else:
+    state, call = None, lambda st, inputs: fn(inputs)
 
-    @jax.jit
-    def run_module(state, inputs, baselines, target):
-      return integrated_gradients(nnx.merge(graphdef, state), inputs, baselines, target=target, **static)
+  def ig(state, inputs, baselines, target):
+    return integrated_gradients(lambda x: call(state, x), inputs, baselines, target=target, **static)
 
-    return lambda inputs, baselines=None, target=None: run_module(state, inputs, baselines, target)
+  run = jax.jit(ig if mesh is None else _sharded(ig, mesh, axis))
 
-  @jax.jit
-  def run(inputs, baselines, target):
-    return integrated_gradients(fn, inputs, baselines, target=target, **static)
+  def compiled(inputs, baselines=None, target=None) -> IGResult:
+    return run(state, inputs, baselines, target)
 
-  return lambda inputs, baselines=None, target=None: run(inputs, baselines, target)
+  compiled.lower = lambda inputs, baselines=None, target=None: run.lower(state, inputs, baselines, target)
+  return compiled
