@@ -24,6 +24,7 @@ from safetensors.numpy import load_file
 
 from cu_jax.models.clip import ACTIVATIONS, CLIP, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from cu_jax.models.hf_vit import _linear, resize_pos_embed
+from cu_jax.models.weights import assign_checked
 from cu_jax.utils.errors import UserError
 
 # HF's defaults (transformers 5), for configs that leave a field out.
@@ -123,7 +124,7 @@ def hf_to_params(tensors: dict[str, np.ndarray], cfg: CLIPConfig, folder: pathli
     raise UserError(f"{folder}: vision_model.embeddings.patch_embedding.weight has shape "
                     f"{tuple(conv.shape)}; expected a (width, channels, patch, patch) conv kernel")
   pos = t("vision_model.embeddings.position_embedding.weight")  # (1 + g*g, D)
-  if resample and pos.ndim == 2:  # a malformed table is left to `_assign`'s shape check
+  if resample and pos.ndim == 2:  # a malformed table is left to `assign_checked`'s shape check
     pos = resize_pos_embed(pos[None], cfg.vision.grid)[0]
   ln = lambda name: {"scale": t(name + ".weight"), "bias": t(name + ".bias")}
   params = {
@@ -148,24 +149,6 @@ def hf_to_params(tensors: dict[str, np.ndarray], cfg: CLIPConfig, folder: pathli
   return params
 
 
-def _assign(model: CLIP, params: dict, folder: pathlib.Path) -> None:
-  """Copies `params` into `model`, checking every shape first (nothing is changed on error)."""
-  state = nnx.state(model, nnx.Param)
-  flat_src = dict(nnx.traversals.flatten_mapping(params))
-  flat_dst = dict(nnx.traversals.flatten_mapping(nnx.to_pure_dict(state)))
-  for key, dst in flat_dst.items():
-    name = "/".join(map(str, key))
-    src = flat_src.get(key)
-    if src is None:
-      raise UserError(f"{folder} has no weight for {name}; is it a CLIPModel checkpoint?")
-    if tuple(np.shape(src)) != tuple(dst.shape):
-      raise UserError(f"{folder}: weight {name} has shape {tuple(np.shape(src))} but the model expects "
-                      f"{tuple(dst.shape)}; config.json does not match model.safetensors")
-  new = nnx.traversals.unflatten_mapping({k: jnp.asarray(flat_src[k], jnp.float32) for k in flat_dst})
-  nnx.replace_by_pure_dict(state, new)
-  nnx.update(model, state)
-
-
 def load_hf_clip_model(folder: str | pathlib.Path, *, image_size: int | None = None,
                        dtype: str = "float32") -> CLIP:
   """A `CLIP` with the weights of an HF `CLIPModel` folder (no tokenizer).
@@ -182,7 +165,8 @@ def load_hf_clip_model(folder: str | pathlib.Path, *, image_size: int | None = N
                     "`save_pretrained(..., safe_serialization=True)`")
   tensors = load_file(weights)
   model = nnx.eval_shape(lambda: CLIP(cfg, rngs=nnx.Rngs(0)))
-  _assign(model, hf_to_params(tensors, cfg, folder, resample=cfg.vision.image_size != native), folder)
+  params = hf_to_params(tensors, cfg, folder, resample=cfg.vision.image_size != native)
+  assign_checked(model, params, folder, kind="CLIPModel", fix="config.json does not match model.safetensors")
   return model
 
 

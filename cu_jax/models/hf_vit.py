@@ -18,6 +18,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from cu_jax.models.vit import ViT, ViTConfig
+from cu_jax.models.weights import assign_checked
 from cu_jax.utils.errors import UserError
 
 
@@ -126,24 +127,6 @@ def hf_to_params(tensors: dict[str, np.ndarray], cfg: ViTConfig, hf: dict) -> di
   return params
 
 
-def _assign(model: ViT, params: dict, folder: pathlib.Path) -> None:
-  """Copies `params` into `model`, checking every shape first (nothing is changed on error)."""
-  state = nnx.state(model, nnx.Param)
-  target = nnx.to_pure_dict(state)
-  flat_src = dict(nnx.traversals.flatten_mapping(params))
-  flat_dst = dict(nnx.traversals.flatten_mapping(target))
-  for key, dst in flat_dst.items():
-    src = flat_src.get(key)
-    if src is None:
-      raise UserError(f"{folder} has no weight for {'/'.join(map(str, key))}; is it a ViT checkpoint?")
-    if tuple(src.shape) != tuple(dst.shape):
-      raise UserError(f"{folder}: weight {'/'.join(map(str, key))} has shape {tuple(src.shape)} but "
-                      f"the model expects {tuple(dst.shape)}; make --config.model match the checkpoint")
-  new = nnx.traversals.unflatten_mapping({k: np.asarray(flat_src[k], np.float32) for k in flat_dst})
-  nnx.replace_by_pure_dict(state, new)
-  nnx.update(model, state)
-
-
 def check_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
                  num_classes: int | None = None, dtype: str = "float32",
                  expect: ViTConfig | None = None) -> tuple[ViTConfig, dict]:
@@ -180,5 +163,5 @@ def load_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
   if "head" not in params or params["head"]["kernel"].shape[1] != cfg.num_classes:
     logging.info("%s: classifier re-initialised for %d classes", folder, cfg.num_classes)
     params["head"] = nnx.to_pure_dict(nnx.state(model.head, nnx.Param))
-  _assign(model, params, folder)
+  assign_checked(model, params, folder, kind="ViT", fix="make --config.model match the checkpoint")
   return model
