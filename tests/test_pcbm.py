@@ -189,3 +189,9 @@ def test_residual_head_adds_what_the_bottleneck_misses(data, fits):
   acc_base = np.mean(np.argmax(base_t, 1) == yt)
   acc_h = np.mean(np.argmax(np.asarray(pcbm.residual_logits(few, res, xt[:, :3], xt)), 1) == yt)
   assert acc_h > acc_base + 0.1
+
+
+def test_rejects_out_of_range_labels(data):
+  x, y, _, _ = data
+  with pytest.raises(ValueError, match="integers in"):
+    pcbm.fit_elastic_net(x, y, K - 1)

@@ -76,7 +76,7 @@ class PCBMHead(NamedTuple):
   """Linear concept head `logits = scores @ weight.T + bias` (a pytree)."""
   weight: jax.Array  # (K, m)
   bias: jax.Array  # (K,)
-  info: dict  # iterations, objective, converged, restarts, grad_mapping, step, ovr
+  info: dict  # python scalars, see `fit_elastic_net`
 
 
 class ResidualHead(NamedTuple):
@@ -189,23 +189,27 @@ def recenter_columns(u: jax.Array, l1: jax.Array, l2: jax.Array) -> jax.Array:
 
   Softmax logits do not change when the same multiple of a feature is added to every class's
   weight (the column sums of the multinomial gradient are zero), so this exact minimisation along
-  the invariant direction lowers the penalty without touching the loss. Convex and piecewise
-  quadratic in c: the minimiser is either a kink u_(i) or the stationary point of the quadratic
-  piece between two consecutive kinks (clipped into it); all 2K + 1 candidates are scored.
+  the invariant direction lowers the penalty without touching the loss. The cost is convex and
+  piecewise quadratic in c with kinks at the sorted u_(0) <= ... <= u_(K-1): on the piece with i
+  values below c its minimiser is the stationary point (S - (l1/l2)(2i - K)) / K clipped into the
+  piece (for l2 = 0 the end the slope l1 (2i - K) points to), and the cost there follows from
+  prefix sums; the best of the K + 1 pieces is exact. O(K m) after the sort.
   """
   k = u.shape[0]
   w = jnp.sort(u, axis=0)  # (K, m)
-  total = jnp.sum(u, axis=0)
-  below = jnp.arange(k + 1, dtype=u.dtype)[:, None]  # kinks below the piece i
-  ratio = jnp.where(l2 > 0, l1 / jnp.where(l2 > 0, l2, 1.0), 0.0)
-  stationary = (total - ratio * (2.0 * below - k)) / k  # (K + 1, m)
-  lo = jnp.concatenate([jnp.full((1, u.shape[1]), -jnp.inf, u.dtype), w], axis=0)
-  hi = jnp.concatenate([w, jnp.full((1, u.shape[1]), jnp.inf, u.dtype)], axis=0)
-  stationary = jnp.where(l2 > 0, jnp.clip(stationary, lo, hi), jnp.clip(0.0, lo, hi))
-  candidates = jnp.concatenate([w, stationary], axis=0)  # (2K + 1, m)
-  d = u[None, :, :] - candidates[:, None, :]  # (2K + 1, K, m)
-  cost = jnp.sum(l1 * jnp.abs(d) + 0.5 * l2 * d * d, axis=1)
-  best = jnp.take_along_axis(candidates, jnp.argmin(cost, axis=0)[None], axis=0)
+  zeros = jnp.zeros((1, u.shape[1]), u.dtype)
+  below_sum = jnp.concatenate([zeros, jnp.cumsum(w, axis=0)], axis=0)  # (K + 1, m): sum of the i lowest
+  total, total_sq = below_sum[-1], jnp.sum(u * u, axis=0)
+  i = jnp.arange(k + 1, dtype=u.dtype)[:, None]  # values below c on piece i
+  lo = jnp.concatenate([jnp.full_like(zeros, -jnp.inf), w], axis=0)
+  hi = jnp.concatenate([w, jnp.full_like(zeros, jnp.inf)], axis=0)
+  slope = l1 * (2.0 * i - k)
+  ratio = l1 / jnp.where(l2 > 0, l2, 1.0)
+  stationary = jnp.where(l2 > 0, (total - ratio * (2.0 * i - k)) / k,
+                         jnp.where(slope > 0, -jnp.inf, jnp.where(slope < 0, jnp.inf, total / k)))
+  c = jnp.clip(stationary, lo, hi)
+  cost = l1 * (c * i - below_sum + (total - below_sum) - c * (k - i)) + 0.5 * l2 * (total_sq - 2 * c * total + k * c * c)
+  best = jnp.take_along_axis(c, jnp.argmin(cost, axis=0)[None], axis=0)
   return u - best
 
 
@@ -366,7 +370,11 @@ def fit_elastic_net(x: Any, y: Any, num_classes: int, *, lam: float = 1e-5, l1_r
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
-  y = jnp.asarray(y, jnp.int32)
+  labels = np.asarray(y)
+  if labels.shape != x.shape[:1] or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+    raise ValueError(f"labels must be {x.shape[:1]} integers in [0, {num_classes}), got shape {labels.shape} "
+                     f"and range [{labels.min() if labels.size else None}, {labels.max() if labels.size else None}]")
+  y = jnp.asarray(labels, jnp.int32)
   dtype = x.dtype
   weight, bias, info = _fista(x, y, jnp.asarray(lam, dtype), jnp.asarray(l1_ratio, dtype),
                               jnp.asarray(max_iter, jnp.int32), jnp.asarray(tol, dtype), jnp.asarray(gtol, dtype),
