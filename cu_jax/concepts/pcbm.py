@@ -208,7 +208,8 @@ def recenter_columns(u: jax.Array, l1: jax.Array, l2: jax.Array) -> jax.Array:
   stationary = jnp.where(l2 > 0, (total - ratio * (2.0 * i - k)) / k,
                          jnp.where(slope > 0, -jnp.inf, jnp.where(slope < 0, jnp.inf, total / k)))
   c = jnp.clip(stationary, lo, hi)
-  cost = l1 * (c * i - below_sum + (total - below_sum) - c * (k - i)) + 0.5 * l2 * (total_sq - 2 * c * total + k * c * c)
+  cost = (l1 * (c * i - below_sum + (total - below_sum) - c * (k - i))
+          + 0.5 * l2 * (total_sq - 2 * c * total + k * c * c))
   best = jnp.take_along_axis(c, jnp.argmin(cost, axis=0)[None], axis=0)
   return u - best
 
