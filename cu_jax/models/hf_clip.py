@@ -12,7 +12,6 @@ concept names into L2-normalised text features: the vectors of a text concept ba
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 
@@ -24,7 +23,7 @@ from safetensors.numpy import load_file
 
 from cu_jax.models.clip import ACTIVATIONS, CLIP, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from cu_jax.models.hf_vit import _linear, resize_pos_embed
-from cu_jax.models.weights import assign_checked
+from cu_jax.models.weights import assign_checked, read_config_json
 from cu_jax.utils.errors import UserError
 
 # HF's defaults (transformers 5), for configs that leave a field out.
@@ -33,12 +32,7 @@ _HF_TEXT = CLIPTextConfig()
 
 
 def read_hf_clip_config(folder: str | pathlib.Path) -> dict:
-  folder = pathlib.Path(folder).expanduser()
-  path = folder / "config.json"
-  if not path.is_file():
-    raise UserError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json); point at a "
-                    "folder saved by `CLIPModel.save_pretrained` (with its tokenizer)")
-  hf = json.loads(path.read_text())
+  hf = read_config_json(folder, "point at a folder saved by `CLIPModel.save_pretrained` (with its tokenizer)")
   if hf.get("model_type") != "clip":
     raise UserError(f"{folder}: checkpoint model_type {hf.get('model_type')!r} is not supported for a "
                     "text concept bank; expected 'clip' (a transformers CLIPModel)")

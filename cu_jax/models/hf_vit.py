@@ -9,7 +9,6 @@ with the bicubic kernel torch uses (a = -0.75, half-pixel centres), so results a
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
@@ -18,17 +17,12 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from cu_jax.models.vit import ViT, ViTConfig
-from cu_jax.models.weights import assign_checked
+from cu_jax.models.weights import assign_checked, read_config_json
 from cu_jax.utils.errors import UserError
 
 
 def read_hf_config(folder: str | pathlib.Path) -> dict:
-  folder = pathlib.Path(folder).expanduser()
-  path = folder / "config.json"
-  if not path.is_file():
-    raise UserError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json); point "
-                    "--config.model.init_from at a folder saved by `save_pretrained`")
-  return json.loads(path.read_text())
+  return read_config_json(folder, "point --config.model.init_from at a folder saved by `save_pretrained`")
 
 
 def vit_config_from_hf(hf: dict, **overrides) -> ViTConfig:

@@ -1,7 +1,9 @@
-"""Copying imported weights into an NNX model, every shape checked before anything changes."""
+"""Reading Hugging Face folders: config.json, and imported weights copied into an NNX model with
+every shape checked before anything changes."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax.numpy as jnp
@@ -30,3 +32,12 @@ def assign_checked(model: nnx.Module, params: dict, folder: pathlib.Path, *, kin
   new = nnx.traversals.unflatten_mapping({k: jnp.asarray(flat_src[k], jnp.float32) for k in flat_dst})
   nnx.replace_by_pure_dict(state, new)
   nnx.update(model, state)
+
+
+def read_config_json(folder: str | pathlib.Path, hint: str) -> dict:
+  """config.json of a Hugging Face model folder; `hint` says which folder to point at instead."""
+  folder = pathlib.Path(folder).expanduser()
+  path = folder / "config.json"
+  if not path.is_file():
+    raise UserError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json); {hint}")
+  return json.loads(path.read_text())
