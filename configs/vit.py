@@ -19,7 +19,10 @@ import ml_collections as mlc
 def base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
-  c.stages = ("train", "embed", "concepts", "pcbm", "attribute")
+  # `retrain` comes before `attribute`: a stage's fingerprint covers the sections of the stages before
+  # it, so changing attribution / poison / unlearn settings keeps the expensive retrained model.
+  c.stages = ("train", "embed", "concepts", "pcbm", "retrain", "attribute", "poison", "unlearn",
+              "evaluate", "report")
   c.forget_class = "0"  # the class to erase: an index or a class name (case-insensitive)
 
   c.data = mlc.ConfigDict()
@@ -96,6 +99,47 @@ def base() -> mlc.ConfigDict:
   c.attribution.saliency_images = 6  # forget images with input-space IG overlays
   c.attribution.saliency_steps = 32
 
+  c.poison = mlc.ConfigDict()
+  c.poison.labels = "targeted"  # random | targeted (the donor class) | keep | soft (donor distribution)
+  c.poison.exclude_forget = False  # random: draw from the other classes only
+  c.poison.donor = ""  # "" = the donor found by concept inference; or a class (index or name)
+  c.poison.soft_temperature = 0.5  # soft: softmax(donor score / T) over the other classes
+  c.poison.images = "none"  # none | localized (at the key concept) | center | random | full
+  c.poison.patch_size = 8
+  c.poison.donor_pool = 64  # donor images the patches (or full images) come from
+  c.poison.saliency_steps = 8  # localized: IG steps of the key-concept maps
+  c.poison.half = False  # keep a random half of every class in the fine-tuning set
+  c.poison.seed = 0
+
+  c.unlearn = mlc.ConfigDict()
+  c.unlearn.method = "concept_poison"
+  # compared with `method` in the report (cu_jax.unlearning.methods.METHODS)
+  c.unlearn.baselines = ("finetune", "neggrad", "random_label", "salun", "scrub")
+  c.unlearn.scope = "full"  # "full" fine-tuning, or "head" (the classification head only)
+  c.unlearn.augment = False  # augmentation during fine-tuning (the data section's)
+  c.unlearn.ascent_cap = 5.0  # nats: a negative-weight (ascent) term stops pushing beyond this
+  c.unlearn.neggrad_weight = 0.1  # neggrad: weight of the ascent term on forget samples
+  c.unlearn.salun_sparsity = 0.5  # salun: fraction of parameters frozen (smallest forget gradients)
+  c.unlearn.scrub_kl_weight = 1.0  # scrub: KL to the original model on retained samples
+  c.unlearn.scrub_forget_weight = 1.0  # scrub: KL away from the original model on forget samples
+  c.unlearn.train = mlc.ConfigDict({
+      "batch_size": 512, "num_epochs": 1.0, "num_steps": 0, "log_every_steps": 50,
+      "checkpoint_every_steps": 200, "keep_checkpoints": 1})
+  c.unlearn.optim = mlc.ConfigDict({
+      "name": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999,
+      "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 0, "final_lr_ratio": 0.0,
+      "grad_clip_norm": 1.0})
+
+  c.evaluate = mlc.ConfigDict()
+  c.evaluate.retain_train_examples = 10000  # retained train samples evaluated (a seeded subset)
+  c.evaluate.relearn_examples = 64  # forget train samples the relearn test fine-tunes on
+  c.evaluate.relearn_batch_size = 32
+  c.evaluate.relearn_lr = 1e-4  # Adam
+  c.evaluate.relearn_accuracy = 0.5  # relearned when forget test accuracy reaches this
+  c.evaluate.relearn_max_steps = 100
+  c.evaluate.relearn_eval_every = 5
+  c.evaluate.seed = 0
+
   c.mesh = mlc.ConfigDict()
   c.mesh.num_devices = 0  # 0 = every visible device
   # On a CPU host: split it into this many XLA devices (0 = leave XLA's default of one). Two
@@ -123,6 +167,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                    checkpoint_every_steps=500)
     c.mesh.cpu_devices = 2
     c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, final_lr_ratio=0.01)
+    c.unlearn.train.update(batch_size=128, num_epochs=1.0, log_every_steps=100, checkpoint_every_steps=200)
+    c.unlearn.optim.update(name="adamw", lr=1e-4, weight_decay=0.0)
   elif variant == "synthetic":
     c.forget_class = "0"
     c.data.name = "synthetic_concepts"
@@ -139,6 +185,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.train.update(batch_size=64, num_epochs=4.0, eval_batch_size=200, log_every_steps=10,
                    checkpoint_every_steps=20)
     c.attribution.update(n_steps=16, saliency_images=2, saliency_steps=8)
+    c.unlearn.train.update(batch_size=64, num_epochs=2.0, log_every_steps=10, checkpoint_every_steps=20)
+    c.unlearn.optim.update(name="adamw", lr=1e-3)
+    c.evaluate.update(retain_train_examples=300, relearn_examples=32, relearn_batch_size=16,
+                      relearn_lr=1e-3, relearn_max_steps=20)
     c.optim.update(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=10)
   else:
     raise ValueError(f"unknown variant {variant!r} of configs/vit.py; valid: paper (default), demo, "

@@ -81,3 +81,34 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def save_params(params: Any, path: str | pathlib.Path) -> None:
+  """Writes a model's parameters (an `nnx.State`) as one safetensors file ('blocks/0/attn/...' keys).
+
+  The portable form of a finished model (what `unlearn` and `retrain` hand to `evaluate`);
+  written to a temporary name and renamed, so a reader never sees half a file.
+  """
+  from flax import nnx
+  from safetensors.numpy import save_file
+  flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(params))
+  arrays = {"/".join(map(str, k)): np.asarray(jax.device_get(v)) for k, v in flat.items()}
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  save_file(arrays, str(tmp))
+  tmp.replace(path)
+
+
+def load_params(model: Any, path: str | pathlib.Path) -> None:
+  """Sets `model`'s parameters from a `save_params` file, every name and shape checked first."""
+  from flax import nnx
+  from safetensors.numpy import load_file
+  from cu_jax.models.weights import assign_checked
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"no saved model at {path}; run the stage that writes it first")
+  saved = load_file(str(path))
+  names = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  params = {k: saved["/".join(map(str, k))] for k in names if "/".join(map(str, k)) in saved}
+  assign_checked(model, nnx.traversals.unflatten_mapping(params), path,
+                 kind="cu_jax model", fix="it was saved from a model with another config")

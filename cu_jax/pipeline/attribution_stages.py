@@ -82,11 +82,13 @@ def validate_attribute(ctx: Context) -> None:
     raise UserError(f"attribution.top_k={cfg.top_k} must be at least 1")
 
 
-def input_saliency(ctx: Context, bank, concept: int, indices: np.ndarray, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def input_saliency(ctx: Context, bank, concept: int, indices: np.ndarray, n_steps: int, *,
+                   split: str = "test", chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8, (n, H, W) maps): IG of concept score s_j(x) w.r.t. the pixels, black baseline.
 
   The path runs through the whole backbone: preprocess -> ViT embedding -> concept projection.
-  Only meaningful for banks on the model's own embeddings (CAV).
+  Only meaningful for banks on the model's own embeddings (CAV). Images go through in chunks of
+  `chunk` (each expands to `chunk * n_steps` forward/backward passes).
   """
   graphdef, params = load_trained(ctx)
   model = nnx.merge(graphdef, params)
@@ -96,11 +98,12 @@ def input_saliency(ctx: Context, bank, concept: int, indices: np.ndarray, n_step
   def score(x):
     return (model.embed(x) @ v + b) / norm
 
-  images = read_arrays(ctx.dataset.split("test"), indices, keys=("image",))["image"]
-  x = preprocess(jnp.asarray(images), ctx.config.data)
+  images = read_arrays(ctx.dataset.split(split), indices, keys=("image",))["image"]
   black = preprocess(jnp.zeros_like(jnp.asarray(images[:1])), ctx.config.data)
-  result = jax.jit(lambda xs: integrated_gradients(score, xs, black, n_steps=n_steps))(x)
-  return images, np.asarray(result.attributions).sum(-1)
+  ig = jax.jit(lambda xs: integrated_gradients(score, preprocess(xs, ctx.config.data), black,
+                                               n_steps=n_steps).attributions.sum(-1))
+  maps = [np.asarray(ig(jnp.asarray(images[i:i + chunk]))) for i in range(0, len(images), chunk)]
+  return images, np.concatenate(maps) if maps else np.zeros(images.shape[:3], np.float32)
 
 
 def _ground_truth(ctx: Context, bank, per_class_top: np.ndarray, donor_of: np.ndarray) -> dict | None:

@@ -30,7 +30,8 @@ from cu_jax.utils.registry import Registry
 # Config fields that say where things are or how often to log, not what is computed.
 NOT_FINGERPRINTED = ("data.data_dir", "data.idx_dir", "train.log_every_steps",
                      "train.checkpoint_every_steps", "train.keep_checkpoints",
-                     "train.eval_batch_size")
+                     "train.eval_batch_size", "unlearn.train.log_every_steps",
+                     "unlearn.train.checkpoint_every_steps", "unlearn.train.keep_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)

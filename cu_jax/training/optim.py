@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import optax
 
@@ -36,11 +38,40 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`cfg` is the `optim` config section; returns (transformation, learning-rate schedule)."""
+class MaskState(NamedTuple):
+  mask: Any
+
+
+def mask_updates(mask: Any) -> optax.GradientTransformation:
+  """Multiplies every update by `mask` (a pytree of 0/1 arrays shaped like the parameters).
+
+  Applied last, after weight decay, so masked parameters do not move at all (head-only
+  fine-tuning, SalUn's saliency mask). The mask lives in the optimizer state, not in the jitted
+  function: it is sharded and checkpointed like the parameters instead of being baked in as a
+  compile-time constant.
+  """
+  def init(params):
+    del params
+    return MaskState(jax.tree.map(lambda m: jax.numpy.asarray(m, jax.numpy.float32), mask))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, state.mask), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(cfg, total_steps: int, update_mask: Any = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`cfg` is the `optim` config section; returns (transformation, learning-rate schedule).
+
+  `update_mask`: only parameters where it is 1 are updated (see `mask_updates`).
+  """
   schedule = make_schedule(cfg, total_steps)
   parts = []
   if cfg.get("grad_clip_norm", 0.0):
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   parts.append(OPTIMIZERS.get(cfg.name, "optim.name")(cfg, schedule))
+  if update_mask is not None:
+    parts.append(mask_updates(update_mask))
   return optax.chain(*parts), schedule

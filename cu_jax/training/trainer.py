@@ -42,16 +42,18 @@ def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
 def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg, data_cfg, mesh,
           checkpoint_dir: str | pathlib.Path, seed: int, loss_fn: steps.LossFn | None = None,
           metrics_path: str | pathlib.Path | None = None, name: str = "train",
-          on_step: Callable[[int, steps.TrainState], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, steps.TrainState], None] | None = None,
+          keys: tuple[str, ...] = ("image", "label"), update_mask: Any = None) -> TrainResult:
   """Trains `model` on `source`, checkpointing under `checkpoint_dir`, resuming from it if present.
 
   `train_cfg`: batch_size (global), num_epochs or num_steps, log_every_steps,
   checkpoint_every_steps, keep_checkpoints, label_smoothing. `on_step(step, state)` runs after each
-  step (tests use it to interrupt a run).
+  step (tests use it to interrupt a run). `keys`: the source's columns each batch carries (what
+  `loss_fn` reads). `update_mask`: only parameters where it is 1 are trained (`optim.mask_updates`).
   """
-  loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed)
+  loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed, keys=keys)
   total = total_steps_for(train_cfg, loader.steps_per_epoch)
-  tx, schedule = optim.make_optimizer(optim_cfg, total)
+  tx, schedule = optim.make_optimizer(optim_cfg, total, update_mask)
   graphdef, state = steps.init_state(model, tx)
   state = steps.replicate(state, mesh)
 

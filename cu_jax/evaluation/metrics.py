@@ -1,0 +1,142 @@
+"""Unlearning metrics (DESIGN §4): a registry of functions of one model's outputs.
+
+Every metric reads `ModelOutputs` (logits and embeddings of the evaluation subsets) and the shared
+`EvalSet` (labels, the forget class, the original and the retrained model's outputs) and returns
+a number (or a list, for per-class accuracy), or None where it needs the retrained model and
+there is none. Subsets:
+- `forget_train`: every train sample of the forget class (what was to be forgotten),
+- `retain_train`: a seeded subset of the other classes' train samples,
+- `test`: the whole test split (forget-class test samples are the non-members).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from cu_jax.evaluation import mia
+from cu_jax.evaluation.probe import probe_accuracy
+from cu_jax.utils.registry import Registry
+
+SUBSETS = ("forget_train", "retain_train", "test")
+
+
+@dataclasses.dataclass
+class ModelOutputs:
+  logits: dict[str, np.ndarray]  # subset -> (n, K)
+  embed: dict[str, np.ndarray]  # subset -> (n, d)
+
+  def probs(self, subset: str) -> np.ndarray:
+    return mia.softmax(self.logits[subset])
+
+
+@dataclasses.dataclass
+class EvalSet:
+  labels: dict[str, np.ndarray]  # subset -> (n,)
+  forget: int
+  num_classes: int
+  original: ModelOutputs
+  retrained: ModelOutputs | None = None
+  seed: int = 0
+
+  @property
+  def forget_test(self) -> np.ndarray:
+    return self.labels["test"] == self.forget
+
+  def losses(self, out: ModelOutputs) -> dict[str, np.ndarray]:
+    return {s: mia.per_example_loss(out.logits[s], self.labels[s]) for s in SUBSETS}
+
+
+Metric = Callable[[ModelOutputs, EvalSet], Any]
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+  return float((logits.argmax(-1) == labels).mean()) if len(labels) else float("nan")
+
+
+@METRICS.register("acc_forget_train")
+def acc_forget_train(o: ModelOutputs, s: EvalSet):
+  return _accuracy(o.logits["forget_train"], s.labels["forget_train"])
+
+
+@METRICS.register("acc_forget_test")
+def acc_forget_test(o: ModelOutputs, s: EvalSet):
+  return _accuracy(o.logits["test"][s.forget_test], s.labels["test"][s.forget_test])
+
+
+@METRICS.register("acc_retain_train")
+def acc_retain_train(o: ModelOutputs, s: EvalSet):
+  return _accuracy(o.logits["retain_train"], s.labels["retain_train"])
+
+
+@METRICS.register("acc_retain_test")
+def acc_retain_test(o: ModelOutputs, s: EvalSet):
+  keep = ~s.forget_test
+  return _accuracy(o.logits["test"][keep], s.labels["test"][keep])
+
+
+@METRICS.register("per_class_accuracy")
+def per_class_accuracy(o: ModelOutputs, s: EvalSet):
+  pred, labels = o.logits["test"].argmax(-1), s.labels["test"]
+  return [float((pred[labels == c] == c).mean()) if (labels == c).any() else None for c in range(s.num_classes)]
+
+
+@METRICS.register("agreement_forget")
+def agreement_forget(o: ModelOutputs, s: EvalSet):
+  """Fraction of forget-class test samples where the model's argmax is the retrained model's."""
+  if s.retrained is None:
+    return None
+  mine, ref = o.logits["test"][s.forget_test], s.retrained.logits["test"][s.forget_test]
+  return float((mine.argmax(-1) == ref.argmax(-1)).mean())
+
+
+@METRICS.register("kl_forget")
+def kl_forget(o: ModelOutputs, s: EvalSet):
+  """Mean KL(retrained || model) of the softmax outputs on forget-class test samples (nats)."""
+  if s.retrained is None:
+    return None
+  log_p = np.log(np.clip(s.retrained.probs("test")[s.forget_test], 1e-12, None))
+  log_q = np.log(np.clip(o.probs("test")[s.forget_test], 1e-12, None))
+  return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
+
+
+@METRICS.register("mia_fr")
+def mia_fr(o: ModelOutputs, s: EvalSet):
+  """The paper's forgetting rate: an SVC on the original model's softmax vectors (forget train =
+  member, forget test = non-member) applied to this model's forget-train outputs; fraction called
+  non-member."""
+  return mia.mia_fr(s.original.probs("forget_train"), s.original.probs("test")[s.forget_test],
+                    o.probs("forget_train"), seed=s.seed)
+
+
+@METRICS.register("mia_svc")
+def mia_svc(o: ModelOutputs, s: EvalSet):
+  """SalUn's MIA-efficacy: confidence SVC, retain train (member) vs retained-class test samples
+  (non-member), applied to forget train; fraction called non-member."""
+  keep = ~s.forget_test
+  return mia.mia_svc(o.probs("retain_train"), s.labels["retain_train"], o.probs("test")[keep],
+                     s.labels["test"][keep], o.probs("forget_train"), s.labels["forget_train"], seed=s.seed)
+
+
+@METRICS.register("mia_loss")
+def mia_loss(o: ModelOutputs, s: EvalSet):
+  """The challenge's loss attack: forget train vs the forget class's test samples (class-balanced
+  held-out set); cross-validated accuracy, 0.5 = indistinguishable."""
+  losses = s.losses(o)
+  return mia.mia_loss(losses["forget_train"], losses["test"][s.forget_test], seed=s.seed)
+
+
+@METRICS.register("probe_forget")
+def probe_forget(o: ModelOutputs, s: EvalSet):
+  """Balanced accuracy of a linear probe telling the forget class from the rest on embeddings."""
+  train_embed = np.concatenate([o.embed["forget_train"], o.embed["retain_train"]])
+  train_is_forget = np.concatenate([np.ones(len(o.embed["forget_train"]), bool),
+                                    np.zeros(len(o.embed["retain_train"]), bool)])
+  return probe_accuracy(train_embed, train_is_forget, o.embed["test"], s.forget_test, seed=s.seed)
+
+
+def compute_all(o: ModelOutputs, s: EvalSet, names: list[str] | None = None) -> dict[str, Any]:
+  return {name: METRICS.get(name)(o, s) for name in (names or METRICS.names())}

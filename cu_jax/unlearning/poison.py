@@ -1,0 +1,206 @@
+"""Data poisoning of the forget class's training samples (DESIGN §2.5): pure numpy functions.
+
+Labels (`LABELS` registry), for the n forget samples of class f among K classes:
+- `random`: uniform over all K classes (what the reference code does; `exclude_forget` leaves f out),
+- `targeted`: the donor class d found by concept inference,
+- `keep`: the true label f (only useful together with an image poison),
+- `soft`: a distribution over likely donors, softmax(donor score / temperature) over the classes
+  other than f; its argmax is the hard label. What a retrained model predicts on forget images is
+  the ideal such labels approach.
+Each returns `(hard labels (n,), targets (n, K))`; `targets` is what the fine-tuning loss fits.
+
+Images (`IMAGES` registry): `none`, `localized` (a donor-class patch pasted where the key
+concept's input-space attribution peaks), `center`, `random` (position), `full` (a donor image).
+
+Everything is drawn from `np.random.default_rng([seed, ...])`: the same seed gives the same set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from cu_jax.utils.errors import UserError
+from cu_jax.utils.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+  num_classes: int
+  forget: int
+  donor: int | None = None  # targeted / soft
+  donor_scores: np.ndarray | None = None  # (K,) soft: how strongly each class shows the key concepts
+  exclude_forget: bool = False  # random: draw from the K - 1 other classes
+  temperature: float = 1.0  # soft
+
+
+LABELS: Registry[Callable[[LabelSpec, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = Registry(
+    "poison label strategy")
+
+
+def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+  return np.eye(k, dtype=np.float32)[labels]
+
+
+@LABELS.register("random")
+def _random(spec: LabelSpec, n: int, rng: np.random.Generator):
+  choices = np.array([c for c in range(spec.num_classes) if not (spec.exclude_forget and c == spec.forget)])
+  labels = rng.choice(choices, size=n)
+  return labels, _one_hot(labels, spec.num_classes)
+
+
+@LABELS.register("targeted")
+def _targeted(spec: LabelSpec, n: int, rng: np.random.Generator):
+  if spec.donor is None:
+    raise UserError("poison.labels='targeted' needs a donor class: run the 'attribute' stage (concept "
+                    "inference) before 'poison', or set --config.poison.donor to a class")
+  labels = np.full(n, spec.donor, np.int64)
+  return labels, _one_hot(labels, spec.num_classes)
+
+
+@LABELS.register("keep")
+def _keep(spec: LabelSpec, n: int, rng: np.random.Generator):
+  labels = np.full(n, spec.forget, np.int64)
+  return labels, _one_hot(labels, spec.num_classes)
+
+
+@LABELS.register("soft")
+def _soft(spec: LabelSpec, n: int, rng: np.random.Generator):
+  if spec.donor_scores is None:
+    raise UserError("poison.labels='soft' needs donor scores: run the 'attribute' stage (concept "
+                    "inference) before 'poison'")
+  logits = np.asarray(spec.donor_scores, np.float64) / max(spec.temperature, 1e-6)
+  logits[spec.forget] = -np.inf
+  p = np.exp(logits - logits[np.isfinite(logits)].max())
+  p = (p / p.sum()).astype(np.float32)
+  labels = np.full(n, int(np.argmax(p)), np.int64)
+  return labels, np.tile(p, (n, 1))
+
+
+def box_peaks(maps: np.ndarray, patch: int) -> np.ndarray:
+  """(n, 2) top-left corners of the `patch` x `patch` window with the largest summed map value.
+
+  Summing over the window (an integral image) makes the position robust to the pixel-level
+  noise of IG maps: the patch lands where the attribution mass is, not on one noisy pixel.
+  """
+  n, h, w = maps.shape
+  if patch > min(h, w):
+    raise UserError(f"poison.patch_size={patch} is larger than the {h}x{w} images")
+  integral = np.zeros((n, h + 1, w + 1), np.float64)
+  integral[:, 1:, 1:] = maps.cumsum(1).cumsum(2)
+  sums = (integral[:, patch:, patch:] - integral[:, :-patch, patch:] - integral[:, patch:, :-patch]
+          + integral[:, :-patch, :-patch])
+  flat = sums.reshape(n, -1).argmax(1)
+  return np.stack(np.unravel_index(flat, sums.shape[1:]), axis=1)
+
+
+def paste(images: np.ndarray, patches: np.ndarray, corners: np.ndarray) -> np.ndarray:
+  """Copies of `images` (n, H, W, C) with `patches[i]` (p, p, C) pasted at `corners[i]` (row, col)."""
+  out = images.copy()
+  p = patches.shape[1]
+  for i, (r, c) in enumerate(corners):
+    out[i, r:r + p, c:c + p] = patches[i]
+  return out
+
+
+def cut(images: np.ndarray, corners: np.ndarray, patch: int) -> np.ndarray:
+  return np.stack([img[r:r + patch, c:c + patch] for img, (r, c) in zip(images, corners)])
+
+
+@dataclasses.dataclass
+class ImageSpec:
+  """What image poisoning needs besides the forget images."""
+  donor_images: np.ndarray  # (m, H, W, C) a pool of donor-class images
+  patch_size: int = 7
+  # localized only: key-concept attribution maps of the forget images (n, H, W) and of the donors
+  forget_maps: np.ndarray | None = None
+  donor_maps: np.ndarray | None = None
+
+
+IMAGES: Registry[Callable[[np.ndarray, ImageSpec, np.random.Generator], np.ndarray]] = Registry(
+    "poison image strategy")
+
+
+@IMAGES.register("none")
+def _none(images, spec, rng):
+  return images
+
+
+def _paste_donor_patches(images, spec, rng, corners):
+  donors = rng.integers(0, len(spec.donor_images), len(images))
+  donor_corners = corners if spec.donor_maps is None else box_peaks(spec.donor_maps, spec.patch_size)[donors]
+  return paste(images, cut(spec.donor_images[donors], donor_corners, spec.patch_size), corners)
+
+
+@IMAGES.register("localized")
+def _localized(images, spec, rng):
+  if spec.forget_maps is None or spec.donor_maps is None:
+    raise ValueError("localized image poisoning needs attribution maps of the forget and donor images")
+  return _paste_donor_patches(images, spec, rng, box_peaks(spec.forget_maps, spec.patch_size))
+
+
+@IMAGES.register("center")
+def _center(images, spec, rng):
+  _, h, w, _ = images.shape
+  corner = np.array([(h - spec.patch_size) // 2, (w - spec.patch_size) // 2])
+  return _paste_donor_patches(images, dataclasses.replace(spec, donor_maps=None), rng,
+                              np.tile(corner, (len(images), 1)))
+
+
+@IMAGES.register("random")
+def _random_position(images, spec, rng):
+  _, h, w, _ = images.shape
+  corners = np.stack([rng.integers(0, h - spec.patch_size + 1, len(images)),
+                      rng.integers(0, w - spec.patch_size + 1, len(images))], axis=1)
+  return _paste_donor_patches(images, dataclasses.replace(spec, donor_maps=None), rng, corners)
+
+
+@IMAGES.register("full")
+def _full(images, spec, rng):
+  return spec.donor_images[rng.integers(0, len(spec.donor_images), len(images))].copy()
+
+
+def half_indices(labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A random half (floor) of `indices` within every class, in increasing order."""
+  keep = []
+  for c in np.unique(labels[indices]):
+    members = indices[labels[indices] == c]
+    keep.append(rng.choice(members, size=len(members) // 2, replace=False))
+  return np.sort(np.concatenate(keep)) if keep else indices[:0]
+
+
+@dataclasses.dataclass
+class PoisonedSet:
+  index: np.ndarray  # (n,) positions of the forget samples in the train split
+  image: np.ndarray  # (n, H, W, C) uint8, poisoned images
+  label: np.ndarray  # (n,) hard poisoned labels
+  target: np.ndarray  # (n, K) the distribution the loss fits
+  retain_index: np.ndarray  # positions of the retained samples used for fine-tuning
+
+
+def split_forget(labels: np.ndarray, forget: int, *, half: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(forget indices, retain indices) of a train split; `half` keeps a random half of every class."""
+  everything = np.arange(len(labels))
+  if half:
+    everything = half_indices(labels, everything, np.random.default_rng([seed, 1]))
+  forget_idx = everything[labels[everything] == forget]
+  if not len(forget_idx):
+    what = " after poison.half keeps half of each class" if half else ""
+    raise UserError(f"the forget set is empty{what}: class {forget} has "
+                    f"{int((labels == forget).sum())} training examples; use another forget_class"
+                    + (" or --config.poison.half=False" if half else ""))
+  return forget_idx, everything[labels[everything] != forget]
+
+
+def poison(images: np.ndarray, labels_spec: LabelSpec, label_strategy: str, image_strategy: str,
+           image_spec: ImageSpec | None, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(poisoned images, hard labels, targets) of the forget images `images`."""
+  label_fn = LABELS.get(label_strategy, "poison.labels")
+  image_fn = IMAGES.get(image_strategy, "poison.images")
+  hard, target = label_fn(labels_spec, len(images), np.random.default_rng([seed, 2]))
+  if image_strategy != "none" and image_spec is None:
+    raise ValueError(f"image strategy {image_strategy!r} needs an ImageSpec")
+  poisoned = image_fn(images, image_spec, np.random.default_rng([seed, 3]))
+  return poisoned, hard.astype(np.int64), target.astype(np.float32)
