@@ -95,6 +95,13 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.forget_class=bird", "class 'bird' is not in synthetic_concepts_small; valid names"),
     ("--config.forget_class=12", "class index 12 is out of range"),
     ("--config.concepts.source=wiki", "unknown concept source 'wiki'"),
+    ("--config.unlearn.method=forget_all",
+     "unknown unlearning method 'forget_all' (set --config.unlearn.method=...); valid: concept_poison, finetune"),
+    ("--config.poison.labels=nearest", "unknown poison label strategy 'nearest' (set --config.poison.labels=...); "
+     "valid: keep, random, soft, targeted"),
+    ("--config.poison.images=blur", "unknown poison image strategy 'blur'"),
+    ("--config.stages=('train','poison')", "poison.labels='targeted' needs a donor class from concept inference"),
+    ("--config.unlearn.baselines=('retrain',)", "'retrain' is its own stage"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
   extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []
@@ -103,12 +110,35 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expect
   assert not (tmp_path / "run").exists()
 
 
+def test_cli_unlearning_stages_write_the_report(finished_run):
+  workdir, _, _ = finished_run
+  poisoned = json.loads((workdir / "poison" / "done.json").read_text())
+  concepts = json.loads((workdir / "attribute" / "concepts.json").read_text())
+  assert poisoned["label_counts"] == {concepts["donor"]["name"]: poisoned["num_forget"]}  # targeted
+  report = json.loads((workdir / "report" / "report.json").read_text())
+  assert report["models"] == ["original", "concept_poison", "finetune", "neggrad", "random_label", "salun",
+                              "scrub", "retrain"]
+  retrain = report["metrics"]["retrain"]
+  assert retrain["agreement_forget"] == 1.0 and retrain["kl_forget"] == pytest.approx(0.0, abs=1e-6)
+  assert retrain["acc_forget_test"] == 0.0 and retrain["acc_forget_train"] == 0.0  # never saw the class
+  assert report["metrics"]["concept_poison"]["acc_forget_test"] <= 0.05
+  assert set(report["metrics"]["original"]["key_concept_importance"]) == {c["name"] for c in concepts["key_concepts"]}
+  assert report["hyper_parameters"]["unlearn"]["train"]["batch_size"] == 64 and report["num_devices"] == 8
+  text = (workdir / "report" / "report.md").read_text()
+  assert "| **concept_poison** |" in text and "agreement_forget" in text
+  for png in report["plots"]:
+    assert (workdir / "report" / png).read_bytes()[:4] == b"\x89PNG"
+  assert len(report["plots"]) == 4
+  for method in report["models"][1:-1]:
+    assert (workdir / "unlearn" / method / "model.safetensors").exists()
+
+
 def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
   _, data_dir, _ = finished_run
   reference = json.loads((finished_run[0] / "train" / "done.json").read_text())
   workdir = tmp_path / "killed"
   cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/vit.py:tiny", f"--workdir={workdir}",
-         f"--config.data.data_dir={data_dir}"]
+         f"--config.data.data_dir={data_dir}", "--config.stages=('train',)"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first_checkpoint = workdir / "train" / "checkpoints" / "20"
@@ -118,7 +148,7 @@ def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (workdir / "train" / "done.json").exists(), "the run ended before it could be killed"
-  resumed = _cli(workdir, data_dir=data_dir)
+  resumed = _cli(workdir, "--config.stages=('train',)", data_dir=data_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from the checkpoint at step" in resumed.stderr
   done = json.loads((workdir / "train" / "done.json").read_text())

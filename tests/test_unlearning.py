@@ -1,0 +1,201 @@
+"""Poisoning and unlearning methods: determinism, invariants, and outcomes on a small task."""
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import pytest
+from flax import nnx
+
+from cu_jax.data.datasets import ArraySource
+from cu_jax.models.vit import ViT, ViTConfig
+from cu_jax.parallel.mesh import make_mesh
+from cu_jax.training import evaluate, steps, trainer
+from cu_jax.unlearning import methods, poison
+from cu_jax.utils.errors import UserError
+
+K, FORGET, DONOR = 4, 0, 1
+PLAIN = mlc.ConfigDict(dict(mean=0.5, std=0.5, image_size=0, augment=dict(crop_pad=0, flip=False)))
+ADAM = mlc.ConfigDict(dict(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=5, grad_clip_norm=1.0,
+                           final_lr_ratio=0.1))
+UNLEARN = mlc.ConfigDict(dict(neggrad_weight=0.1, scrub_kl_weight=1.0, scrub_forget_weight=1.0))
+
+
+def _quadrants(n, seed):
+  """Images whose label is the brightest quadrant (as conftest's toy_source), with a test split."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, K, n)
+  images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.uint8)
+  for i, c in enumerate(labels):
+    r, col = divmod(int(c), 2)
+    images[i, 4 * r:4 * r + 4, 4 * col:4 * col + 4] += 150
+  return images, labels.astype(np.int64)
+
+
+def _model():
+  return ViT(ViTConfig(image_size=8, channels=1, patch_size=4, width=32, depth=2, heads=2, mlp_dim=64,
+                       num_classes=K), rngs=nnx.Rngs(0))
+
+
+def _train(model, columns, tmp_path, name, num_steps, loss_fn=None, update_mask=None, keys=None):
+  cfg = mlc.ConfigDict(dict(batch_size=64, num_steps=num_steps, log_every_steps=1000,
+                            checkpoint_every_steps=1000, keep_checkpoints=1))
+  return trainer.train(model, ArraySource(**columns), train_cfg=cfg, optim_cfg=ADAM, data_cfg=PLAIN,
+                       mesh=make_mesh(8), checkpoint_dir=tmp_path / name, seed=0, loss_fn=loss_fn,
+                       keys=keys or tuple(columns), update_mask=update_mask)
+
+
+def _accuracy(graphdef, params, images, labels):
+  predict = steps.make_predict_step(graphdef, PLAIN, make_mesh(8))
+  logits = evaluate.predict(predict, params, ArraySource(image=images), global_batch=64, mesh=make_mesh(8))
+  return float((logits.argmax(-1) == labels).mean())
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  """A base model that learned the task, and the pieces every method needs."""
+  tmp = tmp_path_factory.mktemp("base")
+  train_x, train_y = _quadrants(384, 0)
+  test_x, test_y = _quadrants(256, 1)
+  result = _train(_model(), {"image": train_x, "label": train_y}, tmp, "base", 60, keys=("image", "label"))
+  params = result.state["params"]
+  forget = train_y == FORGET
+  data = methods.UnlearnData(
+      num_classes=K, forget=FORGET, retain_image=train_x[~forget], retain_label=train_y[~forget],
+      forget_image=train_x[forget], poison_image=train_x[forget],
+      poison_target=np.eye(K, dtype=np.float32)[np.full(forget.sum(), DONOR)], seed=0)
+  return dict(graphdef=result.graphdef, params=params, data=data, test=(test_x, test_y))
+
+
+def _split_accuracy(graphdef, params, test):
+  x, y = test
+  return (_accuracy(graphdef, params, x[y == FORGET], y[y == FORGET]),
+          _accuracy(graphdef, params, x[y != FORGET], y[y != FORGET]))
+
+
+def _unlearn(base, name, tmp_path, num_steps=20):
+  plan = methods.METHODS.get(name)(base["data"], UNLEARN)
+  model = _model() if plan.from_scratch else nnx.merge(base["graphdef"], jax.tree.map(np.array, base["params"]))
+  result = _train(model, plan.columns, tmp_path, name, num_steps, loss_fn=methods.unlearning_loss(5.0))
+  return _split_accuracy(result.graphdef, result.state["params"], base["test"])
+
+
+def test_concept_poison_forgets_the_class_and_keeps_the_rest(base, tmp_path):
+  forget_before, retain_before = _split_accuracy(base["graphdef"], base["params"], base["test"])
+  assert forget_before > 0.9 and retain_before > 0.9  # the base model knows the class
+  forget_after, retain_after = _unlearn(base, "concept_poison", tmp_path)
+  assert forget_after < 0.05
+  assert retain_after >= retain_before - 0.05
+
+
+@pytest.mark.parametrize("name", ["neggrad", "random_label", "finetune"])
+def test_baselines_lower_forget_accuracy(base, tmp_path, name):
+  forget_before, _ = _split_accuracy(base["graphdef"], base["params"], base["test"])
+  forget_after, retain_after = _unlearn(base, name, tmp_path, num_steps=30)
+  assert forget_after < forget_before - 0.3 and retain_after > 0.8
+
+
+def test_retrain_never_sees_a_forget_sample(base):
+  d = base["data"]
+  marked = methods.UnlearnData(**{**d.__dict__, "forget_image": np.full_like(d.forget_image, 255),
+                                  "poison_image": np.full_like(d.poison_image, 255)})
+  plan = methods.METHODS.get("retrain")(marked, UNLEARN)
+  assert plan.from_scratch and len(plan) == len(d.retain_image)
+  assert not (plan.columns["image"] == 255).all(axis=(1, 2, 3)).any()
+  assert (plan.columns["target"].argmax(-1) != FORGET).all()
+
+
+def test_head_only_mask_freezes_the_backbone(base, tmp_path):
+  plan = methods.METHODS.get("concept_poison")(base["data"], UNLEARN)
+  params = jax.tree.map(np.array, base["params"])
+  result = _train(nnx.merge(base["graphdef"], params), plan.columns, tmp_path, "head", 5,
+                  loss_fn=methods.unlearning_loss(5.0), update_mask=methods.head_mask(base["params"]))
+  after = nnx.to_pure_dict(jax.device_get(result.state["params"]))
+  before = nnx.to_pure_dict(jax.device_get(base["params"]))
+  flat_a, flat_b = (dict(nnx.traversals.flatten_mapping(t)) for t in (after, before))
+  for key in flat_b:
+    changed = not np.array_equal(flat_a[key], flat_b[key])
+    assert changed == (key[0] == "head"), key
+
+
+def test_saliency_mask_keeps_the_requested_fraction():
+  grads = {"a": np.arange(100, dtype=np.float32).reshape(10, 10), "b": np.zeros(50, np.float32) + 200}
+  mask = methods.saliency_mask(jax.tree.map(jax.numpy.asarray, grads), 0.6)
+  assert float(mask["b"].sum()) == 50  # the largest gradients are kept
+  assert float(mask["a"].sum() + mask["b"].sum()) == pytest.approx(60, abs=1)
+
+
+def test_ascent_is_capped():
+  """A forget sample with a negative weight stops pushing once its loss is past the cap."""
+  class Fixed(nnx.Module):
+    def __call__(self, x, train=False, key=None):
+      return x
+
+  loss_fn = methods.unlearning_loss(ascent_cap=2.0)
+  grad = lambda logits: jax.grad(lambda z: loss_fn(Fixed(), z, batch, None)[0])(logits)
+  batch = {"target": np.eye(3, dtype=np.float32)[[0]], "ce_weight": np.array([-1.0], np.float32)}
+  assert np.abs(grad(np.array([[5.0, 0.0, 0.0]], np.float32))).sum() > 0  # CE small: ascends
+  assert np.abs(grad(np.array([[-9.0, 0.0, 0.0]], np.float32))).sum() == 0  # CE ~9 > cap: stops
+
+
+# --------------------------------------------------------------------------------------- poison
+
+def _spec(**kw):
+  return poison.LabelSpec(num_classes=5, forget=2, **kw)
+
+
+def test_poison_is_deterministic_for_a_seed():
+  images, _ = _quadrants(40, 3)
+  donors, _ = _quadrants(10, 4)
+  maps = np.random.default_rng(0).normal(size=(40, 8, 8))
+  donor_maps = np.random.default_rng(1).normal(size=(10, 8, 8))
+  for labels in ("random", "targeted", "soft"):
+    for how in ("none", "localized", "center", "random", "full"):
+      spec = poison.ImageSpec(donors, patch_size=3, forget_maps=maps, donor_maps=donor_maps)
+      ls = _spec(donor=4, donor_scores=np.arange(5.0))
+      a = poison.poison(images, ls, labels, how, spec, seed=7)
+      b = poison.poison(images, ls, labels, how, spec, seed=7)
+      for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+  c = poison.poison(images, _spec(), "random", "random", spec, seed=8)
+  assert not np.array_equal(a[0], c[0]) or not np.array_equal(a[1], c[1])
+
+
+def test_label_strategies():
+  rng = np.random.default_rng(0)
+  labels, _ = poison.LABELS.get("random")(_spec(), 5000, rng)
+  assert set(np.unique(labels)) == set(range(5))  # over all K classes, like the reference
+  labels, _ = poison.LABELS.get("random")(_spec(exclude_forget=True), 5000, rng)
+  assert 2 not in labels and len(np.unique(labels)) == 4
+  labels, target = poison.LABELS.get("targeted")(_spec(donor=4), 3, rng)
+  assert (labels == 4).all() and (target.argmax(-1) == 4).all()
+  labels, target = poison.LABELS.get("soft")(_spec(donor_scores=np.array([0.0, 1.0, 9.0, 3.0, 2.0])), 3, rng)
+  np.testing.assert_allclose(target.sum(-1), 1.0, rtol=1e-6)
+  assert target[0, 2] == 0 and (labels == 3).all() and target[0, 3] > target[0, 4] > target[0, 1]
+  with pytest.raises(UserError, match="needs a donor class"):
+    poison.LABELS.get("targeted")(_spec(), 3, rng)
+  with pytest.raises(UserError, match="unknown poison label strategy 'nearest'.*valid: keep, random, soft, targeted"):
+    poison.poison(np.zeros((1, 8, 8, 1), np.uint8), _spec(), "nearest", "none", None, seed=0)
+
+
+def test_localized_patch_lands_where_the_attribution_peaks():
+  images = np.zeros((2, 12, 12, 1), np.uint8)
+  donors = np.full((1, 12, 12, 1), 200, np.uint8)
+  maps = np.random.default_rng(0).normal(0, 0.1, (2, 12, 12))
+  maps[0, 6:9, 1:4] += 5.0  # a 3x3 blob at (6, 1)
+  maps[1, 0:3, 9:12] += 5.0  # and at (0, 9)
+  np.testing.assert_array_equal(poison.box_peaks(maps, 3), [[6, 1], [0, 9]])
+  spec = poison.ImageSpec(donors, patch_size=3, forget_maps=maps, donor_maps=maps[:1])
+  out = poison.IMAGES.get("localized")(images, spec, np.random.default_rng(0))
+  assert (out[0, 6:9, 1:4] == 200).all() and out[0].sum() == 200 * 9
+  assert (out[1, 0:3, 9:12] == 200).all() and out[1].sum() == 200 * 9
+
+
+def test_split_forget_half_and_empty():
+  labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+  forget, retain = poison.split_forget(labels, 2, half=True, seed=0)
+  assert len(forget) == 3 and (labels[forget] == 2).all() and len(retain) == 3
+  assert not set(forget) & set(retain)
+  again = poison.split_forget(labels, 2, half=True, seed=0)
+  np.testing.assert_array_equal(forget, again[0])
+  with pytest.raises(UserError, match="forget set is empty after poison.half"):
+    poison.split_forget(np.array([0, 0, 1, 2, 2]), 1, half=True, seed=0)
