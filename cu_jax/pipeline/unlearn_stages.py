@@ -206,8 +206,7 @@ def load_poisoned(ctx: Context) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------- unlearn
 
 def method_names(cfg) -> list[str]:
-  names = [cfg.unlearn.method] + [m for m in cfg.unlearn.baselines if m != cfg.unlearn.method]
-  return names
+  return [cfg.unlearn.method] + [m for m in cfg.unlearn.baselines if m != cfg.unlearn.method]
 
 
 def validate_unlearn(ctx: Context) -> None:

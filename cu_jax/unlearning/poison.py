@@ -171,15 +171,6 @@ def half_indices(labels: np.ndarray, indices: np.ndarray, rng: np.random.Generat
   return np.sort(np.concatenate(keep)) if keep else indices[:0]
 
 
-@dataclasses.dataclass
-class PoisonedSet:
-  index: np.ndarray  # (n,) positions of the forget samples in the train split
-  image: np.ndarray  # (n, H, W, C) uint8, poisoned images
-  label: np.ndarray  # (n,) hard poisoned labels
-  target: np.ndarray  # (n, K) the distribution the loss fits
-  retain_index: np.ndarray  # positions of the retained samples used for fine-tuning
-
-
 def split_forget(labels: np.ndarray, forget: int, *, half: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(forget indices, retain indices) of a train split; `half` keeps a random half of every class."""
   everything = np.arange(len(labels))
