@@ -87,6 +87,18 @@ def _finite(value) -> bool:
     return False
 
 
+def _finish_bars(fig, ax, path, title: str, grid_axis: str, legend: bool) -> None:
+  """Grid behind the bars, title, the model legend outside the axes, then `_save`."""
+  ax.grid(axis=grid_axis, alpha=0.3, zorder=0)
+  ax.set_axisbelow(True)
+  ax.set_title(title, fontsize=11)
+  if legend:
+    ax.legend(title="model", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
+  fig.tight_layout()
+  _save(fig, path)
+
+
 def _save(fig, path: str | pathlib.Path, dpi: int = 110) -> None:
   """Writes `fig` to `path` (parent folders created), legends outside the axes included, and closes it."""
   path = pathlib.Path(path)
@@ -137,14 +149,7 @@ def per_class_accuracy(class_names: Sequence[str], accuracies: dict[str, Sequenc
   ax.set_ylim(0, top * 1.12)
   ax.set_ylabel("accuracy" + (" (%)" if top == 100.0 else ""))
   ax.set_xlabel(f"class (forget class '{class_names[forget]}' shaded)")
-  ax.grid(axis="y", alpha=0.3, zorder=0)
-  ax.set_axisbelow(True)
-  ax.set_title(title, fontsize=11)
-  if models:
-    ax.legend(title="model", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)
-  fig.tight_layout()
-  _save(fig, path)
+  _finish_bars(fig, ax, path, title, "y", legend=bool(models))
 
 
 def loss_distributions(losses: dict[str, dict[str, np.ndarray]], path: str | pathlib.Path, *,
@@ -275,14 +280,7 @@ def concept_importance_change(concept_names: Sequence[str], importance: dict[str
       label.set_fontweight("bold")
   ax.set_ylim(-0.6, len(rows) - 0.4)
   ax.set_xlabel("concept importance for the forget class")
-  ax.grid(axis="x", alpha=0.3, zorder=0)
-  ax.set_axisbelow(True)
-  ax.set_title(title, fontsize=11)
-  if models:
-    ax.legend(title="model", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)
-  fig.tight_layout()
-  _save(fig, path)
+  _finish_bars(fig, ax, path, title, "x", legend=bool(models))
 
 
 def metric_bars(values: dict[str, dict[str, float | None]], path: str | pathlib.Path, *,
