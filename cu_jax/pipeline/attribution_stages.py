@@ -180,3 +180,9 @@ def run_attribute(ctx: Context) -> dict:
 
 def load_concepts(ctx: Context) -> dict:
   return json.loads((ctx.stage_dir("attribute") / "concepts.json").read_text())
+
+
+def key_concept_indices(ctx: Context, bank) -> list[int]:
+  """Positions in `bank` of the forget class's key concepts (from `attribute/concepts.json`)."""
+  names = list(bank.names)
+  return [names.index(c["name"]) for c in load_concepts(ctx)["key_concepts"]]

@@ -26,7 +26,7 @@ from cu_jax.concepts import importance, pcbm
 from cu_jax.data.datasets import ArraySource, read_arrays
 from cu_jax.data.loader import TrainLoader
 from cu_jax.evaluation import metrics as M
-from cu_jax.pipeline.attribution_stages import forget_class_index, load_concepts
+from cu_jax.pipeline.attribution_stages import forget_class_index, key_concept_indices
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.pipeline.train_stage import load_trained
 from cu_jax.pipeline.unlearn_stages import load_retrained, load_unlearned, method_names, train_labels
@@ -45,8 +45,7 @@ def model_names(ctx: Context) -> list[str]:
 
 
 def load_model(ctx: Context, name: str):
-  if name == ORIGINAL:
-    return load_trained(ctx)
+  """(graphdef, params) of a retrained or unlearned model."""
   return load_retrained(ctx) if name == RETRAIN else load_unlearned(ctx, name)
 
 
@@ -70,18 +69,18 @@ def model_outputs(ctx: Context, predict_step, params, images: dict[str, np.ndarr
   return M.ModelOutputs(logits={s: v["logits"] for s, v in out.items()}, embed={s: v["embed"] for s, v in out.items()})
 
 
-def relearn_steps(ctx: Context, graphdef, params, train_step, images: dict[str, np.ndarray],
+def relearn_steps(ctx: Context, params, predict_step, train_step, images: dict[str, np.ndarray],
                   labels: dict[str, np.ndarray]) -> int | None:
   """Adam steps on `evaluate.relearn_examples` forget train samples until the forget class's test
-  accuracy reaches `evaluate.relearn_accuracy` (None: not within `relearn_max_steps`)."""
+  accuracy reaches `evaluate.relearn_accuracy` (None: not within `relearn_max_steps`).
+  `predict_step` is the stage's (logits and embeddings), `train_step` a classification step."""
   cfg, forget = ctx.config.evaluate, forget_class_index(ctx)
   test_forget = images["test"][labels["test"] == forget]
-  predict_step = steps.make_predict_step(graphdef, ctx.config.data, ctx.mesh)
 
   def forget_accuracy(p) -> float:
-    logits = evaluate.predict(predict_step, p, ArraySource(image=test_forget), mesh=ctx.mesh,
-                              global_batch=ctx.config.train.eval_batch_size)
-    return float((logits.argmax(-1) == forget).mean())
+    out = evaluate.predict(predict_step, p, ArraySource(image=test_forget), mesh=ctx.mesh,
+                           global_batch=ctx.config.train.eval_batch_size)
+    return float((out["logits"].argmax(-1) == forget).mean())
 
   if forget_accuracy(params) >= cfg.relearn_accuracy:
     return 0
@@ -99,17 +98,20 @@ def relearn_steps(ctx: Context, graphdef, params, train_step, images: dict[str, 
   return None
 
 
-def concept_importance(ctx: Context, out: M.ModelOutputs, labels: dict[str, np.ndarray]) -> np.ndarray | None:
-  """The forget class's concept importance under one model: the (original) concept bank's scores of
-  this model's embeddings, a PCBM head refitted to this model's own predictions, and IG of
-  log p(forget | concepts) over the forget class's train samples. None for text banks (CLIP
-  features do not change when the classifier unlearns)."""
+def importance_bank(ctx: Context):
+  """The concept bank to re-run concept attribution with, or None: without an `attribute` stage,
+  or for a text bank (CLIP features do not change when the classifier unlearns)."""
   from cu_jax.pipeline.concept_stages import load_bank
   if not (ctx.stage_dir("attribute") / "concepts.json").exists():
     return None
   bank = load_bank(ctx)
-  if bank.kind != "cav":
-    return None
+  return bank if bank.kind == "cav" else None
+
+
+def concept_importance(ctx: Context, bank, out: M.ModelOutputs, labels: dict[str, np.ndarray]) -> np.ndarray:
+  """The forget class's concept importance under one model: the (original) concept bank's scores of
+  this model's embeddings, a PCBM head refitted to this model's own predictions, and IG of
+  log p(forget | concepts) over the forget class's train samples."""
   cfg, forget, k = ctx.config, forget_class_index(ctx), ctx.dataset.num_classes
   embed = np.concatenate([out.embed["forget_train"], out.embed["retain_train"]])
   predicted = np.concatenate([out.logits["forget_train"], out.logits["retain_train"]]).argmax(-1)
@@ -140,35 +142,32 @@ def run_evaluate(ctx: Context) -> dict:
   forget = forget_class_index(ctx)
   images, labels = evaluation_subsets(ctx)
   names = model_names(ctx)
-  graphdef, _ = load_trained(ctx)
+  graphdef, original = load_trained(ctx)
   predict_step = steps.make_predict_step(graphdef, ctx.config.data, ctx.mesh, output="both")
   relearn_step = steps.make_train_step(graphdef, optax.adam(ctx.config.evaluate.relearn_lr), ctx.config.data,
                                        ctx.mesh, steps.classification_loss(), seed=ctx.config.evaluate.seed)
   outputs, extra = {}, {}
   for name in names:
     t0 = time.perf_counter()
-    _, params = load_model(ctx, name)
-    params = steps.replicate(params, ctx.mesh)
+    params = original if name == ORIGINAL else steps.replicate(load_model(ctx, name)[1], ctx.mesh)
     outputs[name] = model_outputs(ctx, predict_step, params, images)
-    extra[name] = {"relearn_steps": relearn_steps(ctx, graphdef, params, relearn_step, images, labels)}
+    extra[name] = {"relearn_steps": relearn_steps(ctx, params, predict_step, relearn_step, images, labels)}
     logging.info("evaluate: %s outputs + relearn test in %.1f s", name, time.perf_counter() - t0)
   evalset = M.EvalSet(labels=labels, forget=forget, num_classes=ds.num_classes, original=outputs[ORIGINAL],
                       retrained=outputs.get(RETRAIN), seed=ctx.config.evaluate.seed)
+  bank = importance_bank(ctx)
+  key = key_concept_indices(ctx, bank) if bank is not None else []
   results = {}
   for name in names:
     results[name] = {**M.compute_all(outputs[name], evalset), **extra[name]}
-    imp = concept_importance(ctx, outputs[name], labels)
+    imp = None if bank is None else concept_importance(ctx, bank, outputs[name], labels)
     if ctx.primary:
       for subset, loss in evalset.losses(outputs[name]).items():
         np.save(out_dir / f"loss_{name}_{subset}.npy", loss.astype(np.float32), allow_pickle=False)
       if imp is not None:
         np.save(out_dir / f"importance_{name}.npy", imp.astype(np.float32), allow_pickle=False)
     if imp is not None:
-      concepts = load_concepts(ctx)
-      from cu_jax.pipeline.concept_stages import load_bank
-      bank_names = list(load_bank(ctx).names)
-      results[name]["key_concept_importance"] = {c["name"]: float(imp[bank_names.index(c["name"])])
-                                                 for c in concepts["key_concepts"]}
+      results[name]["key_concept_importance"] = {bank.names[j]: float(imp[j]) for j in key}
     logging.info("evaluate: %s: %s", name, {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
   summary = {"forget_class": {"index": forget, "name": ds.class_names[forget]}, "models": names,
              "subset_sizes": {s: int(len(v)) for s, v in labels.items()}, "metrics": results}
@@ -321,10 +320,9 @@ def run_report(ctx: Context) -> dict:
     plot_files = ["per_class_accuracy.png", "loss_distributions.png", "mia.png"]
     if all((ev / f"importance_{n}.npy").exists() for n in order) and report["concepts"]:
       from cu_jax.pipeline.concept_stages import load_bank
-      bank_names = list(load_bank(ctx).names)
-      key = [bank_names.index(c["name"]) for c in report["concepts"]["key_concepts"]]
-      plots.concept_importance_change(bank_names, {n: np.load(ev / f"importance_{n}.npy") for n in order},
-                                      out / "concept_importance.png", key=key,
+      bank = load_bank(ctx)
+      plots.concept_importance_change(bank.names, {n: np.load(ev / f"importance_{n}.npy") for n in order},
+                                      out / "concept_importance.png", key=key_concept_indices(ctx, bank),
                                       title=f"concepts of '{ds.class_names[forget]}' before / after unlearning")
       plot_files.append("concept_importance.png")
   report["plots"] = plot_files

@@ -32,7 +32,7 @@ from cu_jax.data.loader import eval_batches
 from cu_jax.data.preprocess import preprocess
 from cu_jax.parallel.checkpoint import load_params, save_params
 from cu_jax.parallel.mesh import check_global_batch, data_sharded, replicated
-from cu_jax.pipeline.attribution_stages import forget_class_index
+from cu_jax.pipeline.attribution_stages import forget_class_index, key_concept_indices
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.pipeline.train_stage import build, load_trained
 from cu_jax.training import optim, trainer
@@ -108,19 +108,14 @@ def _donor(ctx: Context) -> tuple[int | None, np.ndarray | None, list[int]]:
   configured donor."""
   cfg = ctx.config.poison
   donor, scores, key = None, None, []
-  concepts_file = ctx.stage_dir("attribute") / "concepts.json"
-  if concepts_file.exists():
+  if (ctx.stage_dir("attribute") / "concepts.json").exists():
     from cu_jax.concepts.importance import donor_class
     from cu_jax.pipeline.concept_stages import load_bank
-    concepts = json.loads(concepts_file.read_text())
-    names = list(load_bank(ctx).names)
-    key = [names.index(c["name"]) for c in concepts["key_concepts"]]
+    key = key_concept_indices(ctx, load_bank(ctx))
     presence = np.load(ctx.stage_dir("attribute") / "presence.npy", allow_pickle=False)
     donor, scores = donor_class(presence, np.asarray(key), forget_class_index(ctx))
-  if cfg.donor != "":
+  if cfg.donor != "":  # (validate_poison refused the forget class itself)
     donor = ctx.dataset.class_index(cfg.donor)
-    if donor == forget_class_index(ctx):
-      raise UserError(f"poison.donor={cfg.donor!r} is the forget class itself; pick another class")
   return donor, scores, key
 
 
@@ -245,19 +240,20 @@ def forget_gradient(graphdef, params, images: np.ndarray, labels: np.ndarray, da
 def unlearn_one(ctx: Context, name: str, data: methods.UnlearnData, graphdef, params, out: pathlib.Path) -> dict:
   cfg = ctx.config.unlearn
   t0 = time.perf_counter()
+  data_cfg = unlearn_data_cfg(ctx)
   plan = methods.METHODS.get(name)(data, cfg)
   model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))  # the train step donates its state
   mask = methods.head_mask(params) if cfg.scope == "head" else None
   if plan.saliency_mask:
     grads = forget_gradient(graphdef, params, data.forget_image, np.full(len(data.forget_image), data.forget),
-                            unlearn_data_cfg(ctx), ctx.mesh, cfg.train.batch_size)
+                            data_cfg, ctx.mesh, cfg.train.batch_size)
     if mask is not None:
       grads = jax.tree.map(jnp.multiply, grads, mask)
     mask = methods.saliency_mask(grads, cfg.salun_sparsity)
   # (before training: the train step donates its state, and the mask lives in it)
   trained = None if mask is None else sum(float(m.sum()) for m in jax.tree.leaves(mask)) / trainer.param_count(params)
   result = trainer.train(model, ArraySource(**plan.columns), train_cfg=cfg.train, optim_cfg=cfg.optim,
-                         data_cfg=unlearn_data_cfg(ctx), mesh=ctx.mesh, checkpoint_dir=out / "checkpoints",
+                         data_cfg=data_cfg, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints",
                          seed=ctx.config.seed, loss_fn=methods.unlearning_loss(cfg.ascent_cap),
                          metrics_path=out / "metrics.jsonl", name=f"unlearn {name}", keys=tuple(plan.columns),
                          update_mask=mask)

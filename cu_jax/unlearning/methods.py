@@ -74,12 +74,8 @@ def _concat(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
-  return np.eye(k, dtype=np.float32)[labels]
-
-
 def _retain(d: UnlearnData, **kw) -> dict[str, np.ndarray]:
-  return _part(d.retain_image, _one_hot(d.retain_label, d.num_classes), 1.0, **kw)
+  return _part(d.retain_image, poison.one_hot(d.retain_label, d.num_classes), 1.0, **kw)
 
 
 def _random_labels(d: UnlearnData) -> np.ndarray:
@@ -104,7 +100,7 @@ def _finetune(d: UnlearnData, cfg) -> Plan:
 
 @METHODS.register("neggrad")
 def _neggrad(d: UnlearnData, cfg) -> Plan:
-  forget = _part(d.forget_image, _one_hot(np.full(len(d.forget_image), d.forget), d.num_classes),
+  forget = _part(d.forget_image, poison.one_hot(np.full(len(d.forget_image), d.forget), d.num_classes),
                  -cfg.neggrad_weight)
   return Plan(_concat(_retain(d), forget))
 

@@ -40,7 +40,7 @@ LABELS: Registry[Callable[[LabelSpec, int, np.random.Generator], tuple[np.ndarra
     "poison label strategy")
 
 
-def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
   return np.eye(k, dtype=np.float32)[labels]
 
 
@@ -48,7 +48,7 @@ def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
 def _random(spec: LabelSpec, n: int, rng: np.random.Generator):
   choices = np.array([c for c in range(spec.num_classes) if not (spec.exclude_forget and c == spec.forget)])
   labels = rng.choice(choices, size=n)
-  return labels, _one_hot(labels, spec.num_classes)
+  return labels, one_hot(labels, spec.num_classes)
 
 
 @LABELS.register("targeted")
@@ -57,13 +57,13 @@ def _targeted(spec: LabelSpec, n: int, rng: np.random.Generator):
     raise UserError("poison.labels='targeted' needs a donor class: run the 'attribute' stage (concept "
                     "inference) before 'poison', or set --config.poison.donor to a class")
   labels = np.full(n, spec.donor, np.int64)
-  return labels, _one_hot(labels, spec.num_classes)
+  return labels, one_hot(labels, spec.num_classes)
 
 
 @LABELS.register("keep")
 def _keep(spec: LabelSpec, n: int, rng: np.random.Generator):
   labels = np.full(n, spec.forget, np.int64)
-  return labels, _one_hot(labels, spec.num_classes)
+  return labels, one_hot(labels, spec.num_classes)
 
 
 @LABELS.register("soft")
