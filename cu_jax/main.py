@@ -70,7 +70,7 @@ def main(argv):
   from cu_jax.utils.errors import UserError
 
   try:
-    mesh = make_mesh(config.mesh.num_devices)
+    mesh = make_mesh(config.mesh.num_devices, config.mesh.get("fsdp", 0))
     summaries = run_pipeline(config, _WORKDIR.value, mesh, overwrite=_OVERWRITE.value)
   except UserError as e:
     _fail(str(e))

@@ -2,7 +2,10 @@
 
 Training is data-parallel: the batch is sharded over the mesh's `data` axis and parameters are
 replicated; `jax.jit` inserts the gradient all-reduce (this is what `pmap` + `lax.pmean` did, see
-DESIGN §6). Axes are `Auto` so that XLA propagates shardings through the model; the default
+DESIGN §6). For an LLM the mesh gets a second axis, `fsdp`: the batch is split over both axes
+(every device sees its own examples) and each large parameter is split over `fsdp`
+(`fsdp_sharding`); XLA all-gathers a layer's weights where it is used and reduce-scatters their
+gradients (ZeRO-3 / FSDP). Axes are `Auto` so that XLA propagates shardings through the model; the default
 `Explicit` axes of `jax.make_mesh` make a ViT fail with `ShardingTypeError`.
 """
 
@@ -15,18 +18,35 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from cu_jax.utils.errors import UserError
 
 DATA = "data"
+FSDP = "fsdp"
 
 
-def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D `data` mesh over the first `num_devices` devices (0 = all)."""
+def make_mesh(num_devices: int = 0, fsdp: int = 0) -> Mesh:
+  """A `data` mesh over the first `num_devices` devices (0 = all).
+
+  `fsdp` > 0 adds an `fsdp` axis of that size: the mesh is (devices / fsdp, fsdp).
+  """
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
     raise UserError(f"mesh.num_devices={num_devices} but {len(devices)} devices are visible; "
                     "use 0 (all) or a number up to that")
   n = num_devices or len(devices)
+  if fsdp < 0 or (fsdp and n % fsdp):
+    raise UserError(f"mesh.fsdp={fsdp} does not divide the {n} devices; use a divisor of {n}")
+  shape, names = ((n // fsdp, fsdp), (DATA, FSDP)) if fsdp else ((n,), (DATA,))
+  types = (AxisType.Auto,) * len(names)
   if n == len(devices):
-    return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,))
-  return Mesh(np.asarray(devices[:n]), (DATA,), axis_types=(AxisType.Auto,))
+    return jax.make_mesh(shape, names, axis_types=types)
+  return Mesh(np.asarray(devices[:n]).reshape(shape), names, axis_types=types)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes the batch is split over: `data`, and `fsdp` where the mesh has one."""
+  return tuple(a for a in (DATA, FSDP) if a in mesh.axis_names)
+
+
+def batch_devices(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -34,17 +54,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over `data`, the rest replicated."""
-  return NamedSharding(mesh, P(DATA))
+  """Leading (batch) dimension split over `data` (and `fsdp`), the rest replicated."""
+  axes = batch_axes(mesh)
+  return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
+
+
+def fsdp_sharding(tree, mesh: Mesh, min_size: int = 2**14):
+  """Shardings that split each array of `tree` of at least `min_size` elements over `fsdp`.
+
+  The largest dimension divisible by the axis size is split; smaller or indivisible arrays
+  (norm scales, LoRA adapters) are replicated. Without an `fsdp` axis everything is replicated.
+  """
+  n = mesh.shape.get(FSDP, 1)
+
+  def spec(x):
+    shape = np.shape(x)
+    dims = [d for d in np.argsort(shape)[::-1] if shape[d] % n == 0]
+    if n == 1 or np.prod(shape) < min_size or not dims:
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P(*[FSDP if d == dims[0] else None for d in range(len(shape))]))
+  return jax.tree.map(spec, tree)
 
 
 def check_global_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_size") -> int:
   """Returns the per-host batch; the global batch is fixed by config, never by the device count."""
-  n = mesh.shape[DATA]
+  n = batch_devices(mesh)
   if global_batch <= 0 or global_batch % n:
     lo = max(n, global_batch // n * n)
-    raise UserError(f"{what}={global_batch} is not divisible by the {n} devices of the mesh's "
-                    f"data axis; use a multiple of {n} (e.g. {lo} or {lo + n})")
+    raise UserError(f"{what}={global_batch} is not divisible by the {n} devices the batch is split "
+                    f"over; use a multiple of {n} (e.g. {lo} or {lo + n})")
   if global_batch % jax.process_count():
     raise UserError(f"{what}={global_batch} is not divisible by the {jax.process_count()} hosts")
   return global_batch // jax.process_count()

@@ -43,14 +43,23 @@ class Stage:
   validate: Callable[["Context"], None] | None = None
 
 
-STAGES: Registry[Stage] = Registry("stage")
+# One stage registry per pipeline (`config.pipeline`): image classifiers and LLMs.
+PIPELINES: dict[str, Registry[Stage]] = {"image": Registry("stage"), "llm": Registry("LLM stage")}
 
 
-def stage(name: str, config_keys: tuple[str, ...], validate: Callable[["Context"], None] | None = None):
+def stage(name: str, config_keys: tuple[str, ...], validate: Callable[["Context"], None] | None = None,
+          pipeline: str = "image"):
   def deco(fn):
-    STAGES.register(name)(Stage(name, fn, config_keys, validate))
+    PIPELINES[pipeline].register(name)(Stage(name, fn, config_keys, validate))
     return fn
   return deco
+
+
+def pipeline_stages(config) -> Registry[Stage]:
+  name = config.get("pipeline", "image")
+  if name not in PIPELINES:
+    raise UserError(f"unknown pipeline {name!r} (set --config.pipeline=...); valid: {', '.join(PIPELINES)}")
+  return PIPELINES[name]
 
 
 class Context:
@@ -107,7 +116,8 @@ def plan(config, workdir: pathlib.Path, overwrite: bool) -> list[tuple[Stage, di
 
   Raises `UserError` (and changes nothing) if the workdir holds a stage with another config.
   """
-  stages = [STAGES.get(name, "stages") for name in config.stages]
+  registry = pipeline_stages(config)
+  stages = [registry.get(name, "stages") for name in config.stages]
   decisions, invalid = [], False
   for i, st in enumerate(stages):
     fp = stage_fingerprint(config, stages, i)

@@ -57,20 +57,38 @@ def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg
   graphdef, state = steps.init_state(model, tx)
   state = steps.replicate(state, mesh)
 
+  ckpt, state, resumed_from = open_checkpoints(checkpoint_dir, train_cfg, state, name, total)
+  start = int(jax.device_get(state["step"]))
+  loss_fn = loss_fn or steps.classification_loss(train_cfg.get("label_smoothing", 0.0))
+  train_step = steps.make_train_step(graphdef, tx, data_cfg, mesh, loss_fn, seed=seed)
+  state, wall = run_steps(name, loader, train_step, state, ckpt, schedule, total, train_cfg,
+                          metrics_path, on_step)
+  rate = (total - start) * train_cfg.batch_size / wall if total > start else 0.0
+  return TrainResult(graphdef, state, total, resumed_from, wall, rate)
+
+
+def open_checkpoints(checkpoint_dir, train_cfg, state, name: str, total: int
+                     ) -> tuple[Checkpointer, Any, int | None]:
+  """The run's checkpointer, and `state` restored from its latest checkpoint if there is one
+  (into `state`'s shapes and shardings). Returns (checkpointer, state, step resumed from or None)."""
   ckpt = Checkpointer(checkpoint_dir, save_every=train_cfg.checkpoint_every_steps,
                       keep=train_cfg.get("keep_checkpoints", 2))
   resumed_from = ckpt.latest_step()
   if resumed_from is not None:
     state = ckpt.restore(resumed_from, state)
     logging.info("%s: resumed from the checkpoint at step %d of %d", name, resumed_from, total)
-  start = int(jax.device_get(state["step"]))
+  return ckpt, state, resumed_from
 
-  loss_fn = loss_fn or steps.classification_loss(train_cfg.get("label_smoothing", 0.0))
-  train_step = steps.make_train_step(graphdef, tx, data_cfg, mesh, loss_fn, seed=seed)
+
+def run_steps(name: str, loader: TrainLoader, train_step, state, ckpt: Checkpointer, schedule,
+              total: int, train_cfg, metrics_path=None, on_step=None) -> tuple[Any, float]:
+  """The loop every trainer shares: step, log (progress + JSON lines), checkpoint; from the
+  state's step to `total`. Closes `ckpt`. Returns (state, wall seconds)."""
+  start = int(jax.device_get(state["step"]))
   writer = JsonlWriter(metrics_path) if metrics_path else None
   progress = Progress(name, total, start, train_cfg.batch_size)
   log_every = max(1, train_cfg.get("log_every_steps", 50))
-  t0, timing = time.perf_counter(), {}
+  t0 = time.perf_counter()
   try:
     for step, batch in loader.iterate(start, total):
       state, metrics = train_step(state, batch)
@@ -86,9 +104,7 @@ def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg
         on_step(done, state)
   finally:
     ckpt.close()
-  wall = time.perf_counter() - t0
-  rate = (total - start) * train_cfg.batch_size / wall if total > start else 0.0
-  return TrainResult(graphdef, state, total, resumed_from, wall, rate)
+  return state, time.perf_counter() - t0
 
 
 def restore_params(model: nnx.Module, checkpoint_dir: str | pathlib.Path, mesh, optim_cfg,
