@@ -24,15 +24,17 @@ FSDP = "fsdp"
 def make_mesh(num_devices: int = 0, fsdp: int = 0) -> Mesh:
   """A `data` mesh over the first `num_devices` devices (0 = all).
 
-  `fsdp` > 0 adds an `fsdp` axis of that size: the mesh is (devices / fsdp, fsdp).
+  `fsdp` > 0 adds an `fsdp` axis of that size: the mesh is (devices / fsdp, fsdp); -1 puts every
+  device on the `fsdp` axis.
   """
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
     raise UserError(f"mesh.num_devices={num_devices} but {len(devices)} devices are visible; "
                     "use 0 (all) or a number up to that")
   n = num_devices or len(devices)
+  fsdp = n if fsdp == -1 else fsdp
   if fsdp < 0 or (fsdp and n % fsdp):
-    raise UserError(f"mesh.fsdp={fsdp} does not divide the {n} devices; use a divisor of {n}")
+    raise UserError(f"mesh.fsdp={fsdp} does not divide the {n} devices; use a divisor of {n}, or -1 for all")
   shape, names = ((n // fsdp, fsdp), (DATA, FSDP)) if fsdp else ((n,), (DATA,))
   types = (AxisType.Auto,) * len(names)
   if n == len(devices):

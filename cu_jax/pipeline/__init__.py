@@ -8,3 +8,4 @@ from cu_jax.pipeline import concept_stages  # noqa: F401  (registers "embed", "c
 from cu_jax.pipeline import attribution_stages  # noqa: F401  (registers "pcbm", "attribute")
 from cu_jax.pipeline import unlearn_stages  # noqa: F401  (registers "retrain", "poison", "unlearn")
 from cu_jax.pipeline import evaluate_stages  # noqa: F401  (registers "evaluate", "report")
+from cu_jax.pipeline import llm_stages  # noqa: F401  (registers the LLM pipeline's stages)
