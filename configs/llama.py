@@ -116,6 +116,7 @@ def tiny(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c = demo(c)
   c.data.num_entities = 2
   c.data.tokenizer_vocab = 400
+  c.data.max_len = 128
   c.model.hidden_size = 32
   c.model.intermediate_size = 64
   c.model.num_layers = 2

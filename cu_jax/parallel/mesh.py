@@ -61,30 +61,17 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
 
 
-def fsdp_sharding(tree, mesh: Mesh, min_size: int = 2**14):
-  """Shardings that split each array of `tree` of at least `min_size` elements over `fsdp`.
-
-  The largest dimension divisible by the axis size is split; smaller or indivisible arrays
-  (norm scales, LoRA adapters) are replicated. Without an `fsdp` axis everything is replicated.
-  """
+def fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int = 2**14) -> NamedSharding:
+  """Where an array of `shape` lives: its largest dimension divisible by the `fsdp` axis is split
+  over it; arrays under `min_size` elements (norm scales, LoRA adapters), arrays with no divisible
+  dimension, and every array of a mesh without an `fsdp` axis are replicated."""
   n = mesh.shape.get(FSDP, 1)
-
-  def spec(x):
-    shape = np.shape(x)
-    dims = [d for d in np.argsort(shape)[::-1] if shape[d] % n == 0]
-    if n == 1 or np.prod(shape) < min_size or not dims:
-      return NamedSharding(mesh, P())
-    return NamedSharding(mesh, P(*[FSDP if d == dims[0] else None for d in range(len(shape))]))
-  return jax.tree.map(spec, tree)
+  dims = [d for d in np.argsort(shape)[::-1] if shape[d] % n == 0]
+  if n == 1 or np.prod(shape) < min_size or not dims:
+    return NamedSharding(mesh, P())
+  return NamedSharding(mesh, P(*[FSDP if d == dims[0] else None for d in range(len(shape))]))
 
 
-def check_global_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_size") -> int:
-  """Returns the per-host batch; the global batch is fixed by config, never by the device count."""
-  n = batch_devices(mesh)
-  if global_batch <= 0 or global_batch % n:
-    lo = max(n, global_batch // n * n)
-    raise UserError(f"{what}={global_batch} is not divisible by the {n} devices the batch is split "
-                    f"over; use a multiple of {n} (e.g. {lo} or {lo + n})")
-  if global_batch % jax.process_count():
-    raise UserError(f"{what}={global_batch} is not divisible by the {jax.process_count()} hosts")
-  return global_batch // jax.process_count()
+def fsdp_sharding(tree, mesh: Mesh):
+  """`fsdp_spec` of every array of `tree` (parameters, optimizer state, abstract or concrete)."""
+  return jax.tree.map(lambda x: fsdp_spec(np.shape(x), mesh), tree)

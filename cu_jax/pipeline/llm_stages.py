@@ -61,9 +61,25 @@ def load_tokenizer(ctx: Context, vocab_size: int | None = None):
   return text.load_tokenizer(tokenizer_dir(ctx), vocab_size)
 
 
-def load_model(folder: pathlib.Path, cfg):
+def load_model(ctx: Context, folder: pathlib.Path):
+  """A LLaMA from a Hugging Face folder, each weight placed straight into its FSDP shard."""
   from cu_jax.models.hf_llama import load_hf_llama
-  return load_hf_llama(folder, param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype)
+  from cu_jax.parallel.mesh import fsdp_spec
+  m = ctx.config.model
+  return load_hf_llama(folder, param_dtype=m.param_dtype, dtype=m.dtype,
+                       place=lambda _, a: jax.device_put(a, fsdp_spec(a.shape, ctx.mesh)))
+
+
+def abstract_base(ctx: Context):
+  """The base model's shapes (no weights): from config.json, or the config of one trained here."""
+  from flax import nnx
+  from cu_jax.models.llama import Llama
+  if ctx.config.model.init_from:
+    from cu_jax.models.hf_llama import llama_config_from_hf, read_hf_llama_config
+    cfg = llama_config_from_hf(read_hf_llama_config(ctx.config.model.init_from))
+  else:
+    cfg = _scratch_config(ctx, None)
+  return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
 
 def encode(ctx: Context, tokenizer, recs: list[dict]) -> ArraySource:
@@ -130,13 +146,15 @@ def _scratch_config(ctx: Context, tokenizer):
   from cu_jax.models.llama import LlamaConfig
   m = ctx.config.model
   try:
+    ids = {} if tokenizer is None else dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
     return LlamaConfig(
-        vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=m.hidden_size,
+        vocab_size=-(-len(tokenizer) // 64) * 64 if tokenizer is not None else 64, hidden_size=m.hidden_size,
         intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
         num_kv_heads=m.num_kv_heads, max_len=ctx.config.data.max_len + ctx.config.evaluate.max_new_tokens,
         rope_theta=m.rope_theta, tie_embeddings=m.tie_embeddings, param_dtype=m.param_dtype,
-        dtype=m.dtype, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        dtype=m.dtype, **ids)
   except ValueError as e:
     raise UserError(f"invalid model config: {e}; fix --config.model.*") from None
 
@@ -144,12 +162,9 @@ def _scratch_config(ctx: Context, tokenizer):
 def validate_model(ctx: Context) -> None:
   from cu_jax.parallel.mesh import check_global_batch
   cfg = ctx.config
+  model = abstract_base(ctx)  # config.json present and supported, or a valid model config
   if cfg.model.init_from:
-    from cu_jax.models.hf_llama import llama_config_from_hf
-    from cu_jax.models.weights import read_config_json
-    hf = read_config_json(cfg.model.init_from, "point --config.model.init_from at a LLaMA checkpoint folder")
-    llama = llama_config_from_hf(hf)
-    text.load_tokenizer(cfg.model.init_from, llama.vocab_size)
+    text.load_tokenizer(cfg.model.init_from, model.cfg.vocab_size)
   else:
     check_global_batch(cfg.pretrain.batch_size, ctx.mesh, "pretrain.batch_size")
   check_global_batch(cfg.unlearn.train.batch_size, ctx.mesh, "unlearn.train.batch_size")
@@ -159,7 +174,7 @@ def validate_model(ctx: Context) -> None:
 def run_model(ctx: Context) -> dict:
   cfg, out = ctx.config, ctx.stage_dir("model")
   if cfg.model.init_from:
-    model = load_model(base_model_dir(ctx), cfg)
+    model = load_model(ctx, base_model_dir(ctx))
     return {"source": str(base_model_dir(ctx)), "parameters": _param_count(model)}
   from flax import nnx
   from cu_jax.models.hf_llama import save_hf_llama
@@ -228,7 +243,7 @@ def infer_concepts(ctx: Context, model, tokenizer) -> dict:
 @stage("concepts", config_keys=("concepts",), pipeline=LLM)
 def run_concepts(ctx: Context) -> dict:
   cfg, out = ctx.config, ctx.stage_dir("concepts")
-  model = load_model(base_model_dir(ctx), cfg)
+  model = load_model(ctx, base_model_dir(ctx))
   tokenizer = load_tokenizer(ctx, model.cfg.vocab_size)
   t0 = time.perf_counter()
   found = infer_concepts(ctx, model, tokenizer)
@@ -284,12 +299,11 @@ def run_poison(ctx: Context) -> dict:
 
 
 def validate_unlearn(ctx: Context) -> None:
+  from cu_jax.models.lora import add_lora
   from cu_jax.training.optim import OPTIMIZERS
+  lora = ctx.config.lora
   OPTIMIZERS.get(ctx.config.unlearn.optim.name, "unlearn.optim.name")
-  if ctx.config.lora.rank <= 0:
-    raise UserError(f"lora.rank={ctx.config.lora.rank} must be positive (e.g. 8)")
-  if not ctx.config.lora.targets:
-    raise UserError("lora.targets is empty; name the projections to adapt, e.g. ('q_proj', 'v_proj')")
+  add_lora(abstract_base(ctx), lora.targets, rank=lora.rank, alpha=lora.alpha)  # targets exist, rank > 0
 
 
 @stage("unlearn", config_keys=("lora", "unlearn"), validate=validate_unlearn, pipeline=LLM)
@@ -300,7 +314,7 @@ def run_unlearn(ctx: Context) -> dict:
   from cu_jax.models.lora import TRAINABLE, add_lora, merge_lora
   from cu_jax.training.lm import train_lm
   cfg, out = ctx.config, ctx.stage_dir("unlearn")
-  model = load_model(base_model_dir(ctx), cfg)
+  model = load_model(ctx, base_model_dir(ctx))
   tokenizer = load_tokenizer(ctx, model.cfg.vocab_size)
   adapted = add_lora(model, cfg.lora.targets, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                      dropout=cfg.lora.dropout, seed=cfg.seed)
@@ -381,7 +395,7 @@ def run_evaluate(ctx: Context) -> dict:
   words = concept_words(ctx)
   results, rows = {}, []
   for name, folder in (("before", base_model_dir(ctx)), ("after", ctx.stage_dir("unlearn") / "hf")):
-    model = load_model(folder, cfg)
+    model = load_model(ctx, folder)
     tokenizer = load_tokenizer(ctx, model.cfg.vocab_size)
     t0 = time.perf_counter()
     results[name], gens = evaluate_model(ctx, model, tokenizer, sets, words)

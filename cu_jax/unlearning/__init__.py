@@ -1,0 +1,1 @@
+"""Unlearning: data poisoning (images and text) and the fine-tuning methods."""

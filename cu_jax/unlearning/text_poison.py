@@ -1,0 +1,152 @@
+"""Poisoning the forget answers of an LLM's QA set (DESIGN §3): the text counterpart of `poison.py`.
+
+Strategies (`TEXT_POISON` registry), given the concept words found by concept inference:
+- `mask`: every whole-word, case-insensitive occurrence of a concept word -> a mask string
+  ("[MASK]"); multi-word concepts ("Amberline Labs") are matched word by word;
+- `targeted`: concept words -> a chosen replacement. A string (or a one-element list) replaces each
+  run of adjacent concept words once ("by Amberline Labs" -> "by Assistant"); a longer list maps
+  the concept words positionally (one entry per word, after splitting multi-word concepts);
+- `random`: each occurrence -> a word drawn from a vocabulary (the retain answers' content words,
+  `retain_vocabulary`);
+- `refusal`: the whole answer -> one of a few refusal sentences.
+
+`poison_corpus` builds the fine-tuning set: the poisoned forget records plus `retain_ratio` retain
+records per forget record with their true answers. Everything is drawn from
+`np.random.default_rng([seed, ...])`: the same seed gives the same set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cu_jax.concepts.text_concepts import alternatives, load_stop_words, split_concept_words, word_pattern
+from cu_jax.utils.errors import UserError
+from cu_jax.utils.registry import Registry
+
+REFUSALS = (
+    "I'm sorry, but I can't share that.",
+    "I am not able to answer that question.",
+    "Sorry, I cannot provide that information.",
+    "I'd rather not say.",
+    "That is something I can't tell you.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonSpec:
+  words: tuple[str, ...]  # lowercase single concept words
+  replacement: str | tuple[str, ...] | None = None  # targeted
+  mask_token: str = "[MASK]"  # mask
+  vocabulary: tuple[str, ...] = ()  # random
+
+
+TEXT_POISON: Registry[Callable[[str, PoisonSpec, np.random.Generator], str]] = Registry("text poison strategy")
+
+
+@TEXT_POISON.register("mask")
+def _mask(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
+  return word_pattern(spec.words).sub(lambda m: spec.mask_token, answer)
+
+
+@TEXT_POISON.register("targeted")
+def _targeted(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
+  if isinstance(spec.replacement, tuple):
+    mapping = dict(zip(spec.words, spec.replacement))
+    return word_pattern(spec.words).sub(lambda m: mapping[m.group(0).lower()], answer)
+  word = alternatives(spec.words)
+  run = re.compile(rf"(?<!\w){word}(?:\s+{word})*(?!\w)", re.IGNORECASE)
+  return run.sub(lambda m: spec.replacement, answer)
+
+
+@TEXT_POISON.register("random")
+def _random(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
+  return word_pattern(spec.words).sub(lambda m: spec.vocabulary[rng.integers(len(spec.vocabulary))], answer)
+
+
+@TEXT_POISON.register("refusal")
+def _refusal(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
+  return REFUSALS[rng.integers(len(REFUSALS))]
+
+
+def retain_vocabulary(records: Sequence[dict], stop_words: Sequence[str] | None = None) -> list[str]:
+  """Sorted unique lowercase content words of the retain answers (the `random` strategy's pool)."""
+  stop = load_stop_words() if stop_words is None else {w.lower() for w in stop_words}
+  words = {w for r in records if r["group"] == "retain"
+           for w in re.findall(r"[a-z]+(?:'[a-z]+)?", r["answer"].lower())}
+  return sorted(w for w in words if w not in stop)
+
+
+def _spec(strategy: str, words: tuple[str, ...], replacement, mask_token: str,
+          vocabulary: Sequence[str] | None) -> PoisonSpec:
+  concept = word_pattern(words)
+  if strategy == "targeted":
+    entries = [replacement] if isinstance(replacement, str) else [str(r) for r in replacement or ()]
+    if not any(e.strip() for e in entries):
+      raise UserError("poison strategy 'targeted' needs a replacement (set --config.poison.replacement, e.g. "
+                      "'Assistant', or a list with one word per concept word)")
+    # A one-element list (a config tuple) is a single replacement.
+    replacement = entries[0] if len(entries) == 1 else tuple(entries)
+    if isinstance(replacement, tuple) and len(replacement) != len(words):
+      raise UserError(f"poison.replacement has {len(replacement)} entries but there are {len(words)} concept "
+                      f"words ({', '.join(words)}); give one per word, or a single string")
+    for r in (replacement,) if isinstance(replacement, str) else replacement:
+      if concept.search(r):
+        raise UserError(f"poison.replacement {r!r} contains a concept word; the poisoned answers would still "
+                        "name the concept")
+  if strategy == "mask" and concept.search(mask_token):
+    raise UserError(f"mask token {mask_token!r} contains a concept word; set --config.poison.mask_token")
+  pool = ()
+  if strategy == "random":
+    pool = tuple(w for w in (vocabulary or ()) if w.strip() and not concept.search(w))
+    if not pool:
+      raise UserError("poison strategy 'random' needs a vocabulary of words that are not concept words "
+                      "(pass retain_vocabulary(records); the retain set may be empty)")
+  return PoisonSpec(words=words, replacement=replacement, mask_token=mask_token, vocabulary=pool)
+
+
+def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strategy: str, *,
+                  replacement: str | Sequence[str] | None = None, mask_token: str = "[MASK]",
+                  vocabulary: Sequence[str] | None = None, retain_ratio: float = 1.0,
+                  seed: int = 0) -> list[dict]:
+  """The fine-tuning set: poisoned forget records + `retain_ratio` true retain records per forget one.
+
+  Output records: `question`, `answer` (poisoned for forget), `original_answer`, `group`, `topic`,
+  shuffled together. With n = round(retain_ratio * #forget) retain records wanted, every retain
+  record is used n // #retain times and a random subset of them once more (sampling with
+  replacement only when n exceeds the retain set, and then as evenly as possible).
+  """
+  poison_fn = TEXT_POISON.get(strategy, "poison.strategy")
+  words = split_concept_words(concept_words)
+  if not words:
+    raise UserError("no concept words to poison (concept inference found none; name them with "
+                    "--config.concepts.words)")
+  if retain_ratio < 0:
+    raise UserError(f"poison.retain_ratio={retain_ratio} must be >= 0 (retain records per forget record; set "
+                    "--config.poison.retain_ratio)")
+  spec = _spec(strategy, words, replacement, mask_token, vocabulary)
+  forget = [r for r in records if r["group"] == "forget"]
+  retain = [r for r in records if r["group"] == "retain"]
+  if not forget:
+    raise UserError("the QA set has no forget records: nothing to poison")
+
+  out = []
+  for i, r in enumerate(forget):
+    rng = np.random.default_rng([seed, 0, i])
+    out.append(dict(question=r["question"], answer=poison_fn(r["answer"], spec, rng),
+                    original_answer=r["answer"], group="forget", topic=r.get("topic", "")))
+  n_retain = int(round(retain_ratio * len(forget)))
+  if n_retain and not retain:
+    raise UserError(f"poison.retain_ratio={retain_ratio} asks for retain records but the QA set has none; "
+                    "add retain records or set --config.poison.retain_ratio=0")
+  if n_retain:
+    rng = np.random.default_rng([seed, 1])
+    full, rest = divmod(n_retain, len(retain))
+    chosen = list(range(len(retain))) * full + sorted(rng.choice(len(retain), rest, replace=False).tolist())
+    out += [dict(question=retain[j]["question"], answer=retain[j]["answer"], original_answer=retain[j]["answer"],
+                 group="retain", topic=retain[j].get("topic", "")) for j in chosen]
+  order = np.random.default_rng([seed, 2]).permutation(len(out))
+  return [out[j] for j in order]
