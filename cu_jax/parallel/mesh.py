@@ -75,3 +75,15 @@ def fsdp_spec(shape: tuple[int, ...], mesh: Mesh, min_size: int = 2**14) -> Name
 def fsdp_sharding(tree, mesh: Mesh):
   """`fsdp_spec` of every array of `tree` (parameters, optimizer state, abstract or concrete)."""
   return jax.tree.map(lambda x: fsdp_spec(np.shape(x), mesh), tree)
+
+
+def check_global_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_size") -> int:
+  """Returns the per-host batch; the global batch is fixed by config, never by the device count."""
+  n = batch_devices(mesh)
+  if global_batch <= 0 or global_batch % n:
+    lo = max(n, global_batch // n * n)
+    raise UserError(f"{what}={global_batch} is not divisible by the {n} devices the batch is split "
+                    f"over; use a multiple of {n} (e.g. {lo} or {lo + n})")
+  if global_batch % jax.process_count():
+    raise UserError(f"{what}={global_batch} is not divisible by the {jax.process_count()} hosts")
+  return global_batch // jax.process_count()
