@@ -1,0 +1,93 @@
+"""The LLM pipeline through the command line on `configs/llama.py:tiny`, and its bad-input errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+STAGES = ("data", "model", "concepts", "poison", "unlearn", "evaluate", "report")
+
+
+def _cli(workdir, *overrides):
+  cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/llama.py:tiny", f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _error(proc) -> str:
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def llm_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("llm") / "run"
+  proc = _cli(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_llm_cli_runs_every_stage(llm_run):
+  from safetensors.numpy import load_file
+  w = llm_run
+  for s in STAGES:
+    assert (w / s / "done.json").exists(), s
+  assert (w / "model" / "hf" / "config.json").exists() and (w / "unlearn" / "hf" / "tokenizer.json").exists()
+  concepts = json.loads((w / "concepts" / "concepts.json").read_text())
+  assert len(concepts["concept"]) == 3 and concepts["abs_delta_max"] < 0.5
+  adapters = load_file(str(w / "unlearn" / "adapters.safetensors"))
+  assert adapters and all("lora" in k for k in adapters) and len(adapters) == 2 * 2 * 2  # a, b x q, v x 2 layers
+  # The exported model is the base model plus the merged adapters: it differs only in q/v kernels.
+  base, after = load_file(str(w / "model" / "hf" / "model.safetensors")), load_file(str(w / "unlearn" / "hf" / "model.safetensors"))
+  changed = {k for k in base if not np.array_equal(base[k], after[k])}
+  assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+  report = json.loads((w / "report" / "report.json").read_text())
+  assert {"appearance_forget_train", "rouge_l_retain_train", "perplexity_retain_train"} <= set(report["evaluate"]["after"])
+  assert len(report["targets"]) == 3
+  md = (w / "report" / "report.md").read_text()
+  assert "appearance_forget_train" in md and (w / "report" / "metrics.png").exists()
+  gens = [json.loads(line) for line in (w / "evaluate" / "generations.jsonl").read_text().splitlines()]
+  assert {g["model"] for g in gens} == {"before", "after"}
+
+
+def test_llm_cli_second_run_skips_everything(llm_run):
+  proc = _cli(llm_run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stderr.count("skipped") == len(STAGES)
+
+
+def test_llm_cli_bad_inputs(tmp_path):
+  from cu_jax.data.text import train_tokenizer
+  # A folder that is not a Hugging Face checkpoint.
+  err = _error(_cli(tmp_path / "a", f"--config.model.init_from={tmp_path}"))
+  assert "no config.json" in err and str(tmp_path) in err
+  # An architecture that is not supported.
+  gpt2 = tmp_path / "gpt2"
+  gpt2.mkdir()
+  (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+  err = _error(_cli(tmp_path / "b", f"--config.model.init_from={gpt2}"))
+  assert "gpt2" in err and "LlamaForCausalLM" in err
+  # A tokenizer with more ids than the model's embedding has rows.
+  small = tmp_path / "small"
+  small.mkdir()
+  (small / "config.json").write_text(json.dumps({
+      "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 16,
+      "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "hidden_act": "silu"}))
+  train_tokenizer(["a few words to train a tokenizer on"] * 4, 300, small)
+  err = _error(_cli(tmp_path / "c", f"--config.model.init_from={small}"))
+  assert "64" in err and "300" in err
+  # LoRA targets that name no layer (the valid names are listed).
+  err = _error(_cli(tmp_path / "d", "--config.lora.targets=('q_proj','qkv')"))
+  assert "qkv" in err and "v_proj" in err
+  # A context too short for the prompts.
+  err = _error(_cli(tmp_path / "e", "--config.data.max_len=16"))
+  assert "max_len" in err
+  for name in "abcd":
+    assert not (tmp_path / name).exists(), name  # refused before anything was written
