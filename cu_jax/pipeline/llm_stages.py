@@ -220,11 +220,12 @@ def infer_concepts(ctx: Context, model, tokenizer) -> dict:
   per_answer, deltas, examples = [], [], []
   batch = 8
   for i in range(0, len(src), batch):
-    cols = {k: src.arrays[k][i:i + batch] for k in ("tokens", "length", "loss_mask")}
+    rows = np.minimum(np.arange(i, i + batch), len(src) - 1)  # a short last batch repeats its last row
+    cols = {k: src.arrays[k][rows] for k in ("tokens", "length", "loss_mask")}  # (one compilation)
     res = answer_attributions(model, cols["tokens"], cols["length"], cols["loss_mask"],
                               pad_id=tokenizer.pad_token_id, n_steps=cfg.n_steps, method=cfg.method,
                               chunk_size=cfg.chunk_size)
-    for j in range(len(cols["tokens"])):
+    for j in range(min(batch, len(src) - i)):
       span = np.flatnonzero(cols["loss_mask"][j])[:-1]  # answer tokens, without the closing eos
       words = tc.merge_subwords(tokenizer, cols["tokens"][j][span], res["scores"][j][span])
       per_answer.append(words)
