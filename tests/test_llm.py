@@ -98,7 +98,9 @@ def test_answer_ig_completeness_and_prompt_untouched():
   np.testing.assert_allclose(res["scores"].sum(1), res["f"] - res["f_baseline"], atol=2e-3)
   assert np.all(np.abs(res["delta"]) < 2e-3)
   assert np.all(res["scores"][~loss_mask] == 0)
-  assert np.all(np.abs(res["scores"][loss_mask]) > 0)
+  # The last scored token (the eos) feeds no later prediction inside F: exactly zero; the rest moves F.
+  last = loss_mask & ~np.roll(loss_mask, -1, axis=1)
+  assert np.all(res["scores"][last] == 0) and np.all(np.abs(res["scores"][loss_mask & ~last]) > 0)
   # F at the input is the teacher-forced log-likelihood of the answer tokens.
   logits, _ = model(jnp.asarray(tokens), jnp.asarray(np.arange(L)[None] < length[:, None]))
   logp = jax.nn.log_softmax(np.asarray(logits)[:, :-1], -1)
