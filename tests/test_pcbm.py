@@ -150,7 +150,7 @@ def test_strong_l1_gives_exact_zeros_and_drops_noise_features(data, ovr):
   assert float(pcbm.kkt_residual(head.weight, head.bias, x, y, lam, RHO, ovr=ovr)) < 5e-4
 
 
-@pytest.mark.parametrize("option,rtol", [("standardize", 2e-5), ("recenter", 1e-3)])
+@pytest.mark.parametrize("option,rtol", [("standardize", 1e-4), ("recenter", 1e-3)])
 def test_preconditioning_options_do_not_change_the_problem(data, fits64, option, rtol):
   """Scaling and re-centring are exact reparametrisations: without them, the same problem, solved worse.
 

@@ -17,7 +17,7 @@ Calling convention, one function for training, scoring and cached decoding:
   prompts and the tokens generated after them share one slot axis.
 - `positions` (B, T): rotary positions; by default the count of real tokens before each one
   (`cumsum(mask) - 1`), which makes a left-padded row give the same numbers as the unpadded one.
-- Logits are float32. The cache is a list of `{"k", "v"}` arrays (B, S, kv_heads, head_dim).
+- Logits are float32. The cache is a list of `{"k", "v"}` arrays (B, kv_heads, S, head_dim).
 
 Every linear layer may carry a LoRA adapter (`cu_jax.models.lora`); `model.layers` is an
 `nnx.List` and attention runs heads-first (`@` on (B, heads, T, D)), XLA:CPU's fast layout
@@ -164,19 +164,20 @@ class Attention(nnx.Module):
     k = self.k_proj(x, train=train, key=keys[1]).reshape(b, t, kvh, hd)
     v = self.v_proj(x, train=train, key=keys[2]).reshape(b, t, kvh, hd)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads first: (B, KV, T, D)
+    if cache is not None:  # stored heads-first too: a decode step reads it without a transpose
+      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=2)
+      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=2)
       cache = {"k": k, "v": v}
-    s = k.shape[1]
-    # Grouped-query attention: the h query heads form kvh groups of h // kvh sharing one k/v head.
-    qh = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)  # (B, KV, G, T, D)
-    kh = k.astype(q.dtype).transpose(0, 2, 1, 3)[:, :, None]  # (B, KV, 1, S, D)
-    vh = v.astype(q.dtype).transpose(0, 2, 1, 3)[:, :, None]
-    scores = (qh * (1.0 / math.sqrt(hd))) @ kh.swapaxes(-1, -2)  # (B, KV, G, T, S)
-    scores = jnp.where(allowed[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype)
-    y = (probs @ vh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
+    s, g = k.shape[2], h // kvh
+    # Grouped-query attention: query head i uses k/v head i // g; the g query heads of a group are
+    # folded into the query axis, so each k/v head meets its (g * T) queries in one matmul.
+    qh = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
+    scores = (qh * (1.0 / math.sqrt(hd))) @ k.astype(q.dtype).swapaxes(-1, -2)  # (B, KV, G*T, S)
+    scores = scores.reshape(b, kvh, g, t, s).astype(jnp.float32)
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(b, kvh, g * t, s)
+    y = (probs @ v.astype(q.dtype)).reshape(b, kvh, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
     return self.o_proj(y, train=train, key=keys[3]), cache
 
 
@@ -256,5 +257,5 @@ class Llama(nnx.Module):
 def init_cache(cfg: LlamaConfig, batch: int, length: int, dtype: Any = None) -> list[dict]:
   """An empty KV cache of `length` slots (the prompt plus the tokens to generate)."""
   dt = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+  shape = (batch, cfg.num_kv_heads, length, cfg.dim_per_head)
   return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.num_layers)]
