@@ -132,6 +132,7 @@ def run_data(ctx: Context) -> dict:
     tmp = out / "tokenizer.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tok = text.train_tokenizer(texts, cfg.data.tokenizer_vocab, tmp)
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)  # from an interrupted run of this stage
     tmp.replace(out / "tokenizer")
     summary["tokenizer_vocab"] = len(tok)
   logging.info("data: %s", summary)

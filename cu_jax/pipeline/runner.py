@@ -31,7 +31,9 @@ from cu_jax.utils.registry import Registry
 NOT_FINGERPRINTED = ("data.data_dir", "data.idx_dir", "train.log_every_steps",
                      "train.checkpoint_every_steps", "train.keep_checkpoints",
                      "train.eval_batch_size", "unlearn.train.log_every_steps",
-                     "unlearn.train.checkpoint_every_steps", "unlearn.train.keep_checkpoints")
+                     "unlearn.train.checkpoint_every_steps", "unlearn.train.keep_checkpoints",
+                     "pretrain.log_every_steps", "pretrain.checkpoint_every_steps",
+                     "pretrain.keep_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
