@@ -26,21 +26,23 @@ def _base_env():
 
 def test_two_processes_match_one_process(tmp_path):
   data_dir = tmp_path / "tfds"
-  args = ["--config=configs/vit.py:tiny", f"--config.data.data_dir={data_dir}"]
+  # Every image stage but the report; one unlearning method (the baselines share its code path).
+  args = ["--config=configs/vit.py:tiny", f"--config.data.data_dir={data_dir}", "--config.unlearn.baselines=()",
+          "--config.stages=('train','embed','concepts','pcbm','retrain','attribute','poison','unlearn','evaluate')"]
 
   # Separate data dirs: the 2-process job prepares its dataset itself (process 0 writes, the
   # other waits at a barrier).
   single = subprocess.run(
       [sys.executable, "-m", "cu_jax.main", *args, f"--workdir={tmp_path / 'single'}"], cwd=ROOT,
       env=dict(_base_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-      capture_output=True, text=True, timeout=300)
+      capture_output=True, text=True, timeout=900)
   assert single.returncode == 0, single.stderr[-3000:]
 
   multi = subprocess.run(
       [sys.executable, "launch/local_multiprocess.py", "--num_processes=2", "--devices_per_process=2",
-       "--timeout=280", "--", *args, f"--config.data.data_dir={tmp_path / 'tfds2'}",
+       "--timeout=880", "--", *args, f"--config.data.data_dir={tmp_path / 'tfds2'}",
        f"--workdir={tmp_path / 'multi'}"], cwd=ROOT, env=_base_env(),
-      capture_output=True, text=True, timeout=300)
+      capture_output=True, text=True, timeout=900)
   assert multi.returncode == 0, multi.stdout[-4000:]
   assert "[0] " in multi.stdout and "[1] " in multi.stdout
   assert "process 1 of 2, 2 local / 4 global devices" in multi.stdout
