@@ -425,7 +425,7 @@ TARGETS = (  # (name, metric, test on (before, after))
 def _markdown(report: dict) -> str:
   ev = report["evaluate"]
   before, after = ev["before"], ev["after"]
-  lines = [f"# cu_jax LLM concept unlearning report", "",
+  lines = ["# cu_jax LLM concept unlearning report", "",
            f"Concept (IG over {report['concepts']['answers']} forget answers): **{', '.join(ev['concept'])}** "
            f"(inferred: {', '.join(report['concepts']['inferred'])}). Poison: `{report['poison']['strategy']}`; "
            f"LoRA r {report['config']['lora']['rank']} / alpha {report['config']['lora']['alpha']} on "
