@@ -127,7 +127,8 @@ def plan(config, workdir: pathlib.Path, overwrite: bool) -> list[tuple[Stage, di
     if invalid or not recorded.exists():
       decisions.append((st, fp, "run"))
       continue
-    old = json.loads(recorded.read_text())
+    # Fields recorded before they joined NOT_FINGERPRINTED do not count either.
+    old = {k: v for k, v in json.loads(recorded.read_text()).items() if k not in NOT_FINGERPRINTED}
     if old != fp:
       if not overwrite:
         raise UserError(

@@ -16,6 +16,7 @@ and a pod slice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any
 
@@ -109,9 +110,11 @@ def train_lm(model: nnx.Module, source: RandomAccessSource, *, trainable: Any, t
                        tokens / wall if wall > 0 else 0.0)
 
 
+@functools.lru_cache(maxsize=8)
 def make_score_fn(graphdef: nnx.GraphDef, mesh: Mesh):
   """Jitted `(params, batch) -> (nll_sum (B,), token_count (B,))` over the loss-masked tokens
-  (perplexity, the teacher-forced answer likelihood); `params` is the model's whole state."""
+  (perplexity, the teacher-forced answer likelihood); `params` is the model's whole state.
+  Cached per model structure, so every evaluated set and model of that structure shares it."""
   def score(params, batch):
     tokens = batch["tokens"]
     logits, _ = nnx.merge(graphdef, params)(tokens, attention_mask(tokens, batch["length"]))
