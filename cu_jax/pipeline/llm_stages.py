@@ -199,7 +199,8 @@ def run_model(ctx: Context) -> dict:
 
 def _param_count(model) -> int:
   from flax import nnx
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+  from cu_jax.training.trainer import param_count
+  return param_count(nnx.state(model, nnx.Param))
 
 
 def _last_metrics(path: pathlib.Path) -> dict:
