@@ -138,6 +138,7 @@ def base() -> mlc.ConfigDict:
   c.evaluate.relearn_accuracy = 0.5  # relearned when forget test accuracy reaches this
   c.evaluate.relearn_max_steps = 100
   c.evaluate.relearn_eval_every = 5
+  c.evaluate.mia_draws = 100  # mia_fr pools this many attackers, each fit on its own balanced subsample
   c.evaluate.seed = 0
 
   c.mesh = mlc.ConfigDict()

@@ -102,6 +102,7 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.poison.images=blur", "unknown poison image strategy 'blur'"),
     ("--config.stages=('train','poison')", "poison.labels='targeted' needs a donor class from concept inference"),
     ("--config.unlearn.baselines=('retrain',)", "'retrain' is its own stage"),
+    ("--config.evaluate.mia_draws=0", "evaluate.mia_draws=0 must be >= 1"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
   extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []
@@ -126,6 +127,7 @@ def test_cli_unlearning_stages_write_the_report(finished_run):
   assert report["hyper_parameters"]["unlearn"]["train"]["batch_size"] == 64 and report["num_devices"] == 8
   text = (workdir / "report" / "report.md").read_text()
   assert "| **concept_poison** |" in text and "agreement_forget" in text
+  assert 0.0 <= report["mia_fr_attacker"]["heldout_accuracy"] <= 1.0 and "mia_fr pools 100 SVC attackers" in text
   for png in report["plots"]:
     assert (workdir / "report" / png).read_bytes()[:4] == b"\x89PNG"
   assert len(report["plots"]) == 4

@@ -11,7 +11,8 @@ import pytest
 import scipy.special
 from sklearn.metrics import log_loss
 
-from cu_jax.evaluation.mia import mia_fr, mia_loss, mia_svc, per_example_loss, softmax
+from cu_jax.evaluation.mia import (fr_attacker_accuracy, fr_rate, fit_fr_attackers, mia_fr, mia_loss,
+                                   mia_svc, per_example_loss, softmax)
 from cu_jax.evaluation.probe import probe_accuracy
 
 K = 10
@@ -61,6 +62,34 @@ def test_mia_fr():
     assert mia_fr(members, nonmembers, outputs(rng, 200, nonmember)[0]) >= 0.95
     assert mia_fr(members, nonmembers, outputs(rng, 200, member)[0]) <= 0.05
     assert mia_fr(members, nonmembers, outputs(rng, 200, -2.0)[0]) >= 0.95
+
+
+def one_class(rng: np.random.Generator, n: int, margin: float, donor_margin: float = 0.0) -> np.ndarray:
+  """Softmax (n, K) of one class's images, as mia_fr sees them: class 0 leads by ~`margin`, class 3
+  (a donor) by `donor_margin`."""
+  logits = rng.normal(size=(n, K))
+  logits[:, 0] += rng.normal(margin, 1.0, n)
+  logits[:, 3] += donor_margin
+  return softmax(logits)
+
+
+def test_mia_fr_pools_attackers_into_a_stable_rate():
+  # the demo's situation: the original leaks no membership (members and non-members alike) and the
+  # unlearned targets moved to a donor class, outside what the attacker was trained on; which
+  # members a single attacker saw then decides its answer, the pooled rate barely depends on it
+  rng = np.random.default_rng(3)
+  members, nonmembers = one_class(rng, 600, 3.0), one_class(rng, 100, 3.0)
+  target = one_class(rng, 300, -2.0, donor_margin=8.0)
+  spread = lambda draws: np.std([mia_fr(members, nonmembers, target, draws=draws, seed=s) for s in range(4)])
+  assert spread(50) < 0.1 < 0.25 < spread(1)
+  assert abs(fr_attacker_accuracy(members, nonmembers) - 0.5) < 0.1
+  assert fr_attacker_accuracy(one_class(rng, 600, 6.0), one_class(rng, 100, 2.0)) > 0.9
+  # every target is called once, by one attacker, also when there are fewer targets than attackers
+  attackers = fit_fr_attackers(members, nonmembers, draws=7)
+  calls = [attackers[i].predict(target[i:i + 1])[0] == 0 for i in range(3)]
+  assert fr_rate(attackers, target[:3]) == pytest.approx(np.mean(calls))
+  with pytest.raises(ValueError, match="draws=0"):
+    fit_fr_attackers(members, nonmembers, draws=0)
 
 
 def test_mia_svc():

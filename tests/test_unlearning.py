@@ -199,3 +199,17 @@ def test_split_forget_half_and_empty():
   np.testing.assert_array_equal(forget, again[0])
   with pytest.raises(UserError, match="forget set is empty after poison.half"):
     poison.split_forget(np.array([0, 0, 1, 2, 2]), 1, half=True, seed=0)
+
+
+def test_targets_flag_an_mia_fr_bar_the_original_model_clears():
+  from cu_jax.pipeline.evaluate_stages import targets
+  base = {"acc_forget_test": 0.0, "acc_retain_test": 0.88}
+  timings = {"unlearn_methods": {"concept_poison": 10.0}, "retrain": 100.0}
+  rows = lambda original_fr: {t["target"]: t for t in targets(
+      {"original": {**base, "mia_fr": original_fr}, "concept_poison": {**base, "mia_fr": 0.56},
+       "retrain": {**base, "mia_fr": 0.52}}, "concept_poison", timings)}
+  fr = rows(0.05)["mia_fr within 0.05 of retrained"]
+  assert fr["ok"] and "note" not in fr
+  fr = rows(0.50)["mia_fr within 0.05 of retrained"]
+  assert fr["ok"] and "cannot tell forgetting" in fr["note"]
+  assert all(t["ok"] for t in rows(0.05).values())

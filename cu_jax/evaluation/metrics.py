@@ -12,6 +12,7 @@ there is none. Subsets:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -40,10 +41,20 @@ class EvalSet:
   original: ModelOutputs
   retrained: ModelOutputs | None = None
   seed: int = 0
+  mia_draws: int = 100  # attackers pooled by mia_fr (mia.py)
 
   @property
   def forget_test(self) -> np.ndarray:
     return self.labels["test"] == self.forget
+
+  def fr_sets(self) -> tuple[np.ndarray, np.ndarray]:
+    """The mia_fr attacker's training sets: the original's softmax on forget train and forget test."""
+    return self.original.probs("forget_train"), self.original.probs("test")[self.forget_test]
+
+  @functools.cached_property
+  def fr_attackers(self) -> list:
+    """The mia_fr attackers, fit once on the original model's outputs and shared by every model."""
+    return mia.fit_fr_attackers(*self.fr_sets(), draws=self.mia_draws, seed=self.seed)
 
   def losses(self, out: ModelOutputs) -> dict[str, np.ndarray]:
     return {s: mia.per_example_loss(out.logits[s], self.labels[s]) for s in SUBSETS}
@@ -105,11 +116,10 @@ def kl_forget(o: ModelOutputs, s: EvalSet):
 
 @METRICS.register("mia_fr")
 def mia_fr(o: ModelOutputs, s: EvalSet):
-  """The paper's forgetting rate: an SVC on the original model's softmax vectors (forget train =
+  """The paper's forgetting rate: SVCs on the original model's softmax vectors (forget train =
   member, forget test = non-member) applied to this model's forget-train outputs; fraction called
   non-member."""
-  return mia.mia_fr(s.original.probs("forget_train"), s.original.probs("test")[s.forget_test],
-                    o.probs("forget_train"), seed=s.seed)
+  return mia.fr_rate(s.fr_attackers, o.probs("forget_train"))
 
 
 @METRICS.register("mia_svc")
