@@ -39,6 +39,10 @@ def main():
   for t in report["targets"]:
     ref = f" (retrained {t['reference']:.4f})" if "reference" in t else ""
     print(f"  {t['target']:<42} {t['value']:.4f}{ref}  {'OK' if t['ok'] else 'MISSED'}")
+    if t.get("note"):
+      print(f"    note: {t['note']}")
+  if report.get("mia_fr_attacker"):
+    print(f"  mia_fr attacker's held-out accuracy on the original: {report['mia_fr_attacker']['heldout_accuracy']:.3f}")
   print("  agreement_forget with the retrained model:")
   for name, m in report["metrics"].items():
     if m.get("agreement_forget") is not None:
