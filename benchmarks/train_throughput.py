@@ -1,9 +1,10 @@
 """Train-step throughput (images/s) of a config's ViT on 1, 2 and 8 XLA CPU devices.
 
-    python benchmarks/train_throughput.py [--config=configs/vit.py:demo] [--devices=1,2,8]
+    python benchmarks/train_throughput.py [--config=demo] [--devices=1,2,8] [--batch=256]
 
 Each device count runs in its own process (XLA's host device count is fixed at start-up). The
-step is the real one (`cu_jax.training.steps.make_train_step`), global batch from the config.
+step is the real one (`cu_jax.training.steps.make_train_step`); the global batch is the config's
+train.batch_size unless --batch is given.
 """
 
 import argparse
@@ -32,7 +33,7 @@ tx, _ = optim.make_optimizer(cfg.optim, 1000)
 graphdef, state = steps.init_state(ViT(vcfg, rngs=nnx.Rngs(0)), tx)
 state = steps.replicate(state, mesh)
 step = steps.make_train_step(graphdef, tx, cfg.data, mesh, steps.classification_loss(), seed=0)
-b = cfg.train.batch_size
+b = int(sys.argv[4]) or cfg.train.batch_size
 rng = np.random.default_rng(0)
 batch = {"image": jax.device_put(rng.integers(0, 255, (b, image, image, int(sys.argv[3])), dtype=np.uint8), data_sharded(mesh)),
          "label": jax.device_put(rng.integers(0, 10, (b,)), data_sharded(mesh))}
@@ -55,10 +56,11 @@ print(json.dumps({"devices": jax.device_count(), "batch": b, "ms_per_step": best
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="demo", help="variant of configs/vit.py")
+  parser.add_argument("--config", default="demo", help="variant of configs/vit.py (demo, synthetic, tiny)")
   parser.add_argument("--devices", default="1,2,8")
   parser.add_argument("--image_size", type=int, default=28)
   parser.add_argument("--channels", type=int, default=1)
+  parser.add_argument("--batch", type=int, default=0, help="global batch (0 = the config's train.batch_size)")
   args = parser.parse_args()
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   print(f"train-step throughput, configs/vit.py:{args.config}, {os.cpu_count()} CPU cores")
@@ -67,7 +69,8 @@ def main():
   for n in [int(x) for x in args.devices.split(",")]:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu",
                MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
-    out = subprocess.run([sys.executable, "-c", _CHILD, args.config, str(args.image_size), str(args.channels)],
+    out = subprocess.run([sys.executable, "-c", _CHILD, args.config, str(args.image_size), str(args.channels),
+                          str(args.batch)],
                          cwd=root, env=env, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     base = base or r["images_per_s"]

@@ -164,12 +164,18 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.name = "fashion_mnist_idx"
     c.data.augment.flip = True
     c.model.update(patch_size=7, width=128, depth=4, heads=4, mlp_dim=256)
-    c.train.update(batch_size=128, num_epochs=8.0, eval_batch_size=1000, log_every_steps=100,
+    # Sized to finish in ~15 minutes on a 2-core CPU (README): 5 epochs reach ~87.5 % test accuracy
+    # (8 epochs: ~88.8 %, ~8 minutes more). Unlearning gets 0.4 of an epoch, ~1/8 of retraining.
+    c.train.update(batch_size=128, num_epochs=5.0, eval_batch_size=1000, log_every_steps=100,
                    checkpoint_every_steps=500)
     c.mesh.cpu_devices = 2
     c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, final_lr_ratio=0.01)
-    c.unlearn.train.update(batch_size=128, num_epochs=1.0, log_every_steps=100, checkpoint_every_steps=200)
+    c.unlearn.train.update(batch_size=128, num_epochs=0.4, log_every_steps=50, checkpoint_every_steps=200)
     c.unlearn.optim.update(name="adamw", lr=1e-4, weight_decay=0.0)
+    # salun (random_label + a saliency mask; it scores like random_label here) is left out for time:
+    # add it with --config.unlearn.baselines='("finetune","neggrad","random_label","salun","scrub")'
+    c.unlearn.baselines = ("finetune", "neggrad", "random_label", "scrub")
+    c.evaluate.retain_train_examples = 4000  # mia_svc's SVC cost grows with the square of this
   elif variant == "synthetic":
     c.forget_class = "0"
     c.data.name = "synthetic_concepts"

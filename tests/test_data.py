@@ -58,6 +58,17 @@ def test_fashion_mnist_builder_keeps_order_and_pixels(tmp_path):
     ds.class_index(10)
 
 
+def test_empty_data_dir_means_tfds_data_dir_not_the_working_directory(tmp_path, monkeypatch):
+  idx, cwd = tmp_path / "idx", tmp_path / "cwd"
+  idx.mkdir(), cwd.mkdir()
+  truth = _fake_fashion_mnist(idx)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.chdir(cwd)
+  ds = load_dataset(mlc.ConfigDict(dict(name="fashion_mnist_idx", data_dir="", idx_dir=str(idx))))
+  np.testing.assert_array_equal(read_arrays(ds.split("test"))["label"], truth["test"][1])
+  assert (tmp_path / "tfds" / "fashion_mnist_idx").is_dir() and not any(cwd.iterdir())
+
+
 def test_missing_fashion_mnist_folder_says_how_to_install(tmp_path):
   cfg = mlc.ConfigDict(dict(name="fashion_mnist_idx", data_dir=str(tmp_path / "tfds"),
                             idx_dir=str(tmp_path / "nowhere")))

@@ -201,7 +201,7 @@ def test_split_forget_half_and_empty():
     poison.split_forget(np.array([0, 0, 1, 2, 2]), 1, half=True, seed=0)
 
 
-def test_targets_flag_an_mia_fr_bar_the_original_model_clears():
+def test_targets_flag_an_mia_fr_bar_that_cannot_certify_forgetting():
   from cu_jax.pipeline.evaluate_stages import targets
   base = {"acc_forget_test": 0.0, "acc_retain_test": 0.88}
   timings = {"unlearn_methods": {"concept_poison": 10.0}, "retrain": 100.0}
@@ -213,3 +213,10 @@ def test_targets_flag_an_mia_fr_bar_the_original_model_clears():
   fr = rows(0.50)["mia_fr within 0.05 of retrained"]
   assert fr["ok"] and "cannot tell forgetting" in fr["note"]
   assert all(t["ok"] for t in rows(0.05).values())
+  # an attacker at chance on its own task (2000 examples: 3 standard errors = 0.034) is noted too
+  metrics = {"original": {**base, "mia_fr": 0.05}, "concept_poison": {**base, "mia_fr": 0.80},
+             "retrain": {**base, "mia_fr": 0.42}}
+  fr = lambda acc: {t["target"]: t for t in targets(metrics, "concept_poison", timings, {
+      "draws": 100, "examples": 2000, "heldout_accuracy": acc})}["mia_fr within 0.05 of retrained"]
+  assert not fr(0.52)["ok"] and "within 3 standard errors of chance (< 0.534)" in fr(0.52)["note"]
+  assert not fr(0.60)["ok"] and "note" not in fr(0.60)

@@ -15,6 +15,7 @@ import pathlib
 from typing import Any, Callable, Protocol, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -165,7 +166,9 @@ for _name in ("cifar10", "cifar100", "fashion_mnist"):
 
 
 def load_dataset(cfg) -> Dataset:
-  """`cfg` is the `data` section of the config: name, data_dir, (idx_dir)."""
+  """`cfg` is the `data` section of the config: name, data_dir ("" = `default_data_dir()`), (idx_dir)."""
+  if not cfg.get("data_dir"):  # TFDS would otherwise prepare local builders in the working directory
+    cfg = ml_collections.ConfigDict({**cfg.to_dict(), "data_dir": default_data_dir()})
   builder = DATASETS.get(cfg.name, "data.name")(cfg)
   info = builder.info
   image_shape = tuple(info.features["image"].shape)
