@@ -44,13 +44,16 @@ class Importance:
 
 
 def concept_ig(weight: np.ndarray, bias: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
-               baseline: str = "mean", n_steps: int = 32, method: str = "gausslegendre"
+               baseline: str | np.ndarray = "mean", n_steps: int = 32, method: str = "gausslegendre"
                ) -> tuple[np.ndarray, np.ndarray, float]:
   """Per-class mean IG of log softmax(W s + b)[label] w.r.t. s: (present-only (K, m), signed (K, m),
-  mean |completeness delta|)."""
+  mean |completeness delta|). `baseline`: "zeros", "mean" (of `scores`) or an (m,) score vector."""
   w, b = jnp.asarray(weight), jnp.asarray(bias)
   num_classes = w.shape[0]
-  base = np.zeros(scores.shape[1], np.float32) if baseline == "zeros" else scores.mean(0).astype(np.float32)
+  if isinstance(baseline, str):
+    base = np.zeros(scores.shape[1], np.float32) if baseline == "zeros" else scores.mean(0).astype(np.float32)
+  else:
+    base = np.asarray(baseline, np.float32)
 
   def log_probs(s):
     return jax.nn.log_softmax(s @ w.T + b)

@@ -109,19 +109,24 @@ def importance_bank(ctx: Context):
   return bank if bank.kind == "cav" else None
 
 
-def concept_importance(ctx: Context, bank, out: M.ModelOutputs, labels: dict[str, np.ndarray]) -> np.ndarray:
-  """The forget class's concept importance under one model: the (original) concept bank's scores of
-  this model's embeddings, a PCBM head refitted to this model's own predictions, and IG of
-  log p(forget | concepts) over the forget class's train samples."""
+def concept_importance(ctx: Context, bank, out: M.ModelOutputs) -> np.ndarray:
+  """The forget class's concept importance under one model, measured the way the `attribute` stage
+  measures it for the original: the (original) concept bank's scores of this model's embeddings, a
+  PCBM head refitted to this model's own predictions on a class-balanced sample (the retained subset
+  plus as many forget samples as an average retained class has there, like the training set), and
+  IG of log p(forget | concepts) over all forget train samples from that sample's mean scores."""
   cfg, forget, k = ctx.config, forget_class_index(ctx), ctx.dataset.num_classes
-  embed = np.concatenate([out.embed["forget_train"], out.embed["retain_train"]])
-  predicted = np.concatenate([out.logits["forget_train"], out.logits["retain_train"]]).argmax(-1)
-  scores = np.asarray(pcbm.project(embed, bank.vectors, bank.intercepts))
+  project = lambda subset: np.asarray(pcbm.project(out.embed[subset], bank.vectors, bank.intercepts))
+  forget_scores, retain_scores = project("forget_train"), project("retain_train")
+  n_forget = min(len(forget_scores), max(1, round(len(retain_scores) / max(1, k - 1))))
+  pick = np.sort(np.random.default_rng([cfg.evaluate.seed, 7]).choice(len(forget_scores), n_forget, replace=False))
+  scores = np.concatenate([forget_scores[pick], retain_scores])
+  predicted = np.concatenate([out.logits["forget_train"][pick], out.logits["retain_train"]]).argmax(-1)
   head = pcbm.fit_elastic_net(scores, predicted, k, lam=cfg.pcbm.lam, l1_ratio=cfg.pcbm.l1_ratio,
                               max_iter=cfg.pcbm.max_iter, tol=cfg.pcbm.tol)
-  n_forget = len(labels["forget_train"])
-  ig, _, _ = importance.concept_ig(np.asarray(head.weight), np.asarray(head.bias), scores[:n_forget],
-                                   np.full(n_forget, forget), baseline=cfg.attribution.baseline,
+  baseline = scores.mean(0) if cfg.attribution.baseline == "mean" else cfg.attribution.baseline
+  ig, _, _ = importance.concept_ig(np.asarray(head.weight), np.asarray(head.bias), forget_scores,
+                                   np.full(len(forget_scores), forget), baseline=baseline,
                                    n_steps=cfg.attribution.n_steps, method=cfg.attribution.method)
   return ig[forget]
 
@@ -164,7 +169,7 @@ def run_evaluate(ctx: Context) -> dict:
   results = {}
   for name in names:
     results[name] = {**M.compute_all(outputs[name], evalset), **extra[name]}
-    imp = None if bank is None else concept_importance(ctx, bank, outputs[name], labels)
+    imp = None if bank is None else concept_importance(ctx, bank, outputs[name])
     if ctx.primary:
       for subset, loss in evalset.losses(outputs[name]).items():
         np.save(out_dir / f"loss_{name}_{subset}.npy", loss.astype(np.float32), allow_pickle=False)
