@@ -195,3 +195,25 @@ def test_rejects_out_of_range_labels(data):
   x, y, _, _ = data
   with pytest.raises(ValueError, match="integers in"):
     pcbm.fit_elastic_net(x, y, K - 1)
+  with pytest.raises(ValueError, match="summing to 1"):
+    pcbm.fit_elastic_net(x, np.full((len(x), K), 0.5, np.float32), K)
+  with pytest.raises(ValueError, match="multinomial"):
+    pcbm.fit_elastic_net(x, np.eye(K, dtype=np.float32)[y], K, ovr=True)
+
+
+def test_soft_targets_distil_a_model_and_one_hot_targets_equal_labels(data, fits):
+  x, y, xt, _ = data
+  one_hot = pcbm.fit_elastic_net(x, np.eye(K, dtype=np.float32)[y], K, lam=LAM, l1_ratio=RHO)
+  np.testing.assert_allclose(one_hot.weight, fits[False].weight, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(one_hot.bias, fits[False].bias, rtol=1e-4, atol=1e-5)
+  # a "model" whose softmax is linear in the features, with a class it never predicts (like an
+  # unlearned class): the distilled head reproduces its probabilities, the rare class's included
+  rng = np.random.default_rng(1)
+  w0, b0 = rng.normal(size=(K, M)) * 0.2, np.array([0.0, 0.5, -0.5, 0.2, -6.0])
+  softmax = lambda z: np.exp(z - logsumexp(z, axis=1, keepdims=True))
+  head = pcbm.fit_elastic_net(x, softmax(x @ w0.T + b0).astype(np.float32), K, lam=1e-7, l1_ratio=RHO, tol=0.0,
+                              max_iter=3000)
+  fitted, truth = softmax(np.asarray(pcbm.logits(head, xt))), softmax(xt @ w0.T + b0)
+  assert np.abs(fitted - truth).max() < 0.02 and truth[:, 4].max() < 0.5
+  log_ratio = np.log(fitted[:, 4]) - np.log(truth[:, 4])  # the never-predicted class's log-probability
+  assert np.abs(np.median(log_ratio)) < 0.1

@@ -244,7 +244,7 @@ def _fista(x, y, lam, l1_ratio, max_iter, tol, gtol, step_growth, *, num_classes
   dtype = x.dtype
   n = x.shape[0]
   eps = jnp.finfo(dtype).eps
-  onehot = jax.nn.one_hot(y, num_classes, dtype=dtype)
+  onehot = y.astype(dtype) if y.ndim == 2 else jax.nn.one_hot(y, num_classes, dtype=dtype)  # (N, K) targets
   mu = jnp.mean(x, axis=0)
   xc = x - mu
   if standardize:
@@ -348,7 +348,8 @@ def fit_elastic_net(x: Any, y: Any, num_classes: int, *, lam: float = 1e-5, l1_r
 
   Args:
     x: (N, m) concept scores; float32 (float64 if jax x64 is enabled and x is float64).
-    y: (N,) integer labels in [0, num_classes).
+    y: (N,) integer labels in [0, num_classes), or (N, K) target distributions (rows >= 0 summing
+      to 1, multinomial only): the head then distils them, e.g. a model's own softmax outputs.
     num_classes: K.
     lam, l1_ratio: scikit-learn's `alpha` and `l1_ratio`.
     ovr: minimise the one-vs-rest objective (what SGDClassifier minimises) instead of the
@@ -372,10 +373,17 @@ def fit_elastic_net(x: Any, y: Any, num_classes: int, *, lam: float = 1e-5, l1_r
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
   labels = np.asarray(y)
-  if labels.shape != x.shape[:1] or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+  if labels.ndim == 2:
+    if labels.shape != (x.shape[0], num_classes) or ovr:
+      raise ValueError(f"soft targets must be ({x.shape[0]}, {num_classes}) and multinomial (ovr=False), got "
+                       f"shape {labels.shape}, ovr={ovr}")
+    if (labels < 0).any() or not np.allclose(labels.sum(1), 1.0, atol=1e-3):
+      raise ValueError("soft targets must be non-negative rows summing to 1")
+    labels = labels.astype(np.dtype(x.dtype))
+  elif labels.shape != x.shape[:1] or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
     raise ValueError(f"labels must be {x.shape[:1]} integers in [0, {num_classes}), got shape {labels.shape} "
                      f"and range [{labels.min() if labels.size else None}, {labels.max() if labels.size else None}]")
-  y = jnp.asarray(labels, jnp.int32)
+  y = jnp.asarray(labels) if labels.ndim == 2 else jnp.asarray(labels, jnp.int32)
   dtype = x.dtype
   weight, bias, info = _fista(x, y, jnp.asarray(lam, dtype), jnp.asarray(l1_ratio, dtype),
                               jnp.asarray(max_iter, jnp.int32), jnp.asarray(tol, dtype), jnp.asarray(gtol, dtype),

@@ -112,17 +112,19 @@ def importance_bank(ctx: Context):
 def concept_importance(ctx: Context, bank, out: M.ModelOutputs) -> np.ndarray:
   """The forget class's concept importance under one model, measured the way the `attribute` stage
   measures it for the original: the (original) concept bank's scores of this model's embeddings, a
-  PCBM head refitted to this model's own predictions on a class-balanced sample (the retained subset
-  plus as many forget samples as an average retained class has there, like the training set), and
-  IG of log p(forget | concepts) over all forget train samples from that sample's mean scores."""
+  PCBM head distilling this model's own softmax outputs on a class-balanced sample (the retained
+  subset plus as many forget samples as an average retained class has there, like the training set),
+  and IG of log p(forget | concepts) over all forget train samples from that sample's mean scores.
+  Distilling the softmax, not the argmax, keeps the forget class's log-probability meaningful for a
+  model that never predicts it."""
   cfg, forget, k = ctx.config, forget_class_index(ctx), ctx.dataset.num_classes
   project = lambda subset: np.asarray(pcbm.project(out.embed[subset], bank.vectors, bank.intercepts))
   forget_scores, retain_scores = project("forget_train"), project("retain_train")
   n_forget = min(len(forget_scores), max(1, round(len(retain_scores) / max(1, k - 1))))
   pick = np.sort(np.random.default_rng([cfg.evaluate.seed, 7]).choice(len(forget_scores), n_forget, replace=False))
   scores = np.concatenate([forget_scores[pick], retain_scores])
-  predicted = np.concatenate([out.logits["forget_train"][pick], out.logits["retain_train"]]).argmax(-1)
-  head = pcbm.fit_elastic_net(scores, predicted, k, lam=cfg.pcbm.lam, l1_ratio=cfg.pcbm.l1_ratio,
+  probs = mia.softmax(np.concatenate([out.logits["forget_train"][pick], out.logits["retain_train"]]))
+  head = pcbm.fit_elastic_net(scores, probs, k, lam=cfg.pcbm.lam, l1_ratio=cfg.pcbm.l1_ratio,
                               max_iter=cfg.pcbm.max_iter, tol=cfg.pcbm.tol)
   baseline = scores.mean(0) if cfg.attribution.baseline == "mean" else cfg.attribution.baseline
   ig, _, _ = importance.concept_ig(np.asarray(head.weight), np.asarray(head.bias), forget_scores,
