@@ -292,6 +292,9 @@ def _markdown(report: dict) -> str:
   if concepts and any("key_concept_importance" in metrics[n] for n in names):
     keys = [c["name"] for c in concepts["key_concepts"]]
     lines += ["", "## Key concepts' importance for the forget class (IG of log p(forget))", "",
+              "Each model's own PCBM head (distilled from its softmax on a class-balanced train sample) over the "
+              "original concept bank; IG from that sample's mean concept scores, averaged over the forget "
+              "class's train images. Positive: the concept raises the model's log p(forget).", "",
               "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name in names:
       imp = metrics[name].get("key_concept_importance", {})
