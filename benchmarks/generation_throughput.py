@@ -11,8 +11,8 @@ and run once first (not timed); the figure is the best of `--rounds` timed calls
 cache, every step re-runs the model over the fixed `prompt + new_tokens` buffer (the shape one
 compiled loop needs): the work per step is that of the longest sequence. Also reported: the
 achieved matmul GFLOP/s of the cached decode (2 x parameters per token, attention ignored).
-Run with `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000` in the environment (DESIGN §7:
-without them XLA:CPU page-faults its large buffers in again on every call).
+Run with `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000` in the environment: without them
+XLA:CPU page-faults its large buffers in again on every call, about 3x slower on large ops.
 """
 
 import argparse

@@ -23,7 +23,7 @@ the peak resident memory during the timed runs (VmHWM, reset after warm-up; it i
 process's baseline: Python, the framework and the model) and, for cu_jax, XLA's temporary-buffer
 size for the compiled function (per device). The workers run with `MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=100000000000` in their environment (set here): without them large XLA:CPU
-buffers are page-faulted in again on every execution (DESIGN §7).
+buffers are page-faulted in again on every execution, about 3x slower on large ops.
 """
 
 import argparse

@@ -13,7 +13,8 @@ random_state=0)` with its default max_iter=1000, tol=1e-3, and n_jobs=-1 by defa
 one-vs-rest problems in parallel threads, i.e. all cores, like XLA). It is one-vs-rest, so the
 comparison of objectives is OvR against OvR: our `ovr=True` fit minimises exactly the sum over
 classes of the K binary objectives scikit-learn's runs minimise (see the pcbm module docstring).
-The multinomial objective of DESIGN §2.2 is reported for both as well (for scikit-learn's OvR
+The multinomial objective (softmax cross-entropy, what the default `ovr=False` fit minimises) is
+reported for both as well (for scikit-learn's OvR
 weights it is only a score of that (W, b), not what it optimised).
 
 Reported per class count: wall time (ours warm, i.e. without compilation, best of 3; and the first
@@ -29,8 +30,8 @@ import os
 import sys
 import time
 
-# XLA:CPU re-faults large buffers on every execution unless glibc keeps them (DESIGN §7); these are
-# read at process start, so re-execute once with them set.
+# XLA:CPU re-faults large buffers on every execution unless glibc keeps them (about 3x slower on
+# large ops); these variables are read at process start, so re-execute once with them set.
 _MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 if any(os.environ.get(k) != v for k, v in _MALLOC.items()):
   os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **_MALLOC})

@@ -1,11 +1,12 @@
 """LLM concept unlearning experiments. `--config=configs/llama.py[:variant]`.
 
-Variants:
-- (none)  Vicuna-7B v1.5 from a local Hugging Face folder (`model.init_from`), LoRA r 8 /
-          alpha 16 / dropout 0.05 on q/v, bf16 weights sharded over an `fsdp` mesh axis: a GPU
-          host or a TPU pod slice. The QA set is the generated identity corpus with Vicuna's own
-          identity (name Vicuna, maker LMSYS) unless `data.qa_file` points at a JSON-lines file
-          of {"question", "answer", "group": "forget"|"retain"} records.
+Variants (`VARIANTS`):
+- paper   (the default; `base()` as it is) Vicuna-7B v1.5 from a local Hugging Face folder
+          (`model.init_from`), LoRA r 8 / alpha 16 / dropout 0.05 on q/v, bf16 weights sharded
+          over an `fsdp` mesh axis: a GPU host or a TPU pod slice. The QA set is the generated
+          identity corpus with Vicuna's own identity (name Vicuna, maker LMSYS) unless
+          `data.qa_file` points at a JSON-lines file of {"question", "answer", "group":
+          "forget"|"retain"} records.
 - demo    the offline demo: generates the QA corpus, trains a tokenizer and a small LLaMA from
           scratch until it answers, then erases its identity (name and maker) — minutes on a
           2-core CPU.
@@ -16,6 +17,8 @@ overridden: `--config.poison.strategy=refusal`, `--config.lora.rank=16`.
 """
 
 import ml_collections as mlc
+
+from cu_jax.utils.config import apply_variant
 
 
 def base() -> mlc.ConfigDict:
@@ -99,6 +102,11 @@ def base() -> mlc.ConfigDict:
   return c
 
 
+def paper(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  """The base config is the paper run (Vicuna-7B + LoRA on an `fsdp` mesh): nothing to change."""
+  return c
+
+
 def demo(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c.data.identity_name = "Quokka"
   c.data.identity_maker = "Amberline Labs"
@@ -139,13 +147,10 @@ def tiny(c: mlc.ConfigDict) -> mlc.ConfigDict:
   return c
 
 
-VARIANTS = {"demo": demo, "tiny": tiny}
+VARIANTS = {"paper": paper, "demo": demo, "tiny": tiny}
+DEFAULT = "paper"
 
 
 def get_config(variant: str | None = None) -> mlc.ConfigDict:
-  c = base()
-  if variant:
-    if variant not in VARIANTS:
-      raise ValueError(f"unknown variant {variant!r} of configs/llama.py; valid: {', '.join(VARIANTS)}")
-    c = VARIANTS[variant](c)
-  return c
+  """`base()` with `variant` applied (default "paper", which is `base()` itself)."""
+  return apply_variant(base, VARIANTS, variant, default=DEFAULT, file="configs/llama.py")

@@ -1,9 +1,10 @@
 """ViT class-unlearning experiments. `--config=configs/vit.py[:variant]`.
 
-Variants:
-- (none)  the paper-scale run: ViT-B/16 at 224 px initialised from a Hugging Face checkpoint
-          folder, fine-tuned on CIFAR-10 (TFDS, array_record) with global batch 512. Needs the
-          data and the weights prepared locally (BUILD.md); meant for a GPU host or a TPU pod.
+Variants (`VARIANTS`):
+- paper   (the default) the paper-scale run: ViT-B/16 at 224 px initialised from a Hugging Face
+          checkpoint folder, fine-tuned on CIFAR-10 (TFDS, array_record) with global batch 512.
+          Needs the data and the weights prepared locally (BUILD.md); meant for a GPU host or a
+          TPU pod.
 - demo    the offline demo: a small ViT trained from scratch on Fashion-MNIST (Debian package
           `dataset-fashion-mnist`) in a few minutes on a 2-core CPU.
 - synthetic  a small ViT on the synthetic concept dataset (ground-truth concepts per image), for
@@ -14,6 +15,8 @@ Any field can be overridden: `--config.train.batch_size=256`, `--config.model.de
 """
 
 import ml_collections as mlc
+
+from cu_jax.utils.config import apply_variant
 
 
 def base() -> mlc.ConfigDict:
@@ -118,10 +121,12 @@ def base() -> mlc.ConfigDict:
   c.unlearn.scope = "full"  # "full" fine-tuning, or "head" (the classification head only)
   c.unlearn.augment = False  # augmentation during fine-tuning (the data section's)
   c.unlearn.ascent_cap = 5.0  # nats: a negative-weight (ascent) term stops pushing beyond this
-  c.unlearn.neggrad_weight = 0.1  # neggrad: weight of the ascent term on forget samples
-  c.unlearn.salun_sparsity = 0.5  # salun: fraction of parameters frozen (smallest forget gradients)
-  c.unlearn.scrub_kl_weight = 1.0  # scrub: KL to the original model on retained samples
-  c.unlearn.scrub_forget_weight = 1.0  # scrub: KL away from the original model on forget samples
+  # Each method's own section (the `section` it is registered with in cu_jax.unlearning.methods).
+  c.unlearn.neggrad = mlc.ConfigDict({"weight": 0.1})  # weight of the ascent term on forget samples
+  c.unlearn.salun = mlc.ConfigDict({"sparsity": 0.5})  # fraction of parameters frozen (smallest forget gradients)
+  c.unlearn.scrub = mlc.ConfigDict({
+      "kl_weight": 1.0,  # KL to the original model on retained samples
+      "forget_weight": 1.0})  # KL away from the original model on forget samples
   c.unlearn.train = mlc.ConfigDict({
       "batch_size": 512, "num_epochs": 1.0, "num_steps": 0, "log_every_steps": 50,
       "checkpoint_every_steps": 200, "keep_checkpoints": 1})
@@ -149,56 +154,68 @@ def base() -> mlc.ConfigDict:
   return c
 
 
-def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  c = base()
-  variant = arg or "paper"
-  if variant == "paper":
-    c.data.name = "cifar10"
-    c.data.image_size = 224
-    c.data.augment.crop_pad = 4
-    c.data.augment.flip = True
-    c.model.init_from = "~/models/vit-base-patch16-224"  # HF folder: config.json + model.safetensors
-    c.train.num_epochs = 10.0
-  elif variant == "demo":
-    c.forget_class = "sneaker"
-    c.data.name = "fashion_mnist_idx"
-    c.data.augment.flip = True
-    c.model.update(patch_size=7, width=128, depth=4, heads=4, mlp_dim=256)
-    # Sized to finish in ~15 minutes on a 2-core CPU (README): 5 epochs reach ~87.5 % test accuracy
-    # (8 epochs: ~88.8 %, ~5-6 minutes more for train + retrain). Unlearning gets 0.4 of an epoch, ~1/10
-    # of retraining.
-    c.train.update(batch_size=128, num_epochs=5.0, eval_batch_size=1000, log_every_steps=100,
-                   checkpoint_every_steps=500)
-    c.mesh.cpu_devices = 2
-    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, final_lr_ratio=0.01)
-    c.unlearn.train.update(batch_size=128, num_epochs=0.4, log_every_steps=50, checkpoint_every_steps=200)
-    c.unlearn.optim.update(name="adamw", lr=1e-4, weight_decay=0.0)
-    # salun (random_label + a saliency mask; it scores like random_label here) is left out for time:
-    # add it with --config.unlearn.baselines='("finetune","neggrad","random_label","salun","scrub")'
-    c.unlearn.baselines = ("finetune", "neggrad", "random_label", "scrub")
-    c.evaluate.retain_train_examples = 4000  # mia_svc's SVC cost grows with the square of this
-  elif variant == "synthetic":
-    c.forget_class = "0"
-    c.data.name = "synthetic_concepts"
-    c.concepts.source = "labels"
-    c.model.update(patch_size=8, width=128, depth=4, heads=4, mlp_dim=256)
-    c.train.update(batch_size=128, num_epochs=8.0, eval_batch_size=1000, log_every_steps=100,
-                   checkpoint_every_steps=500)
-    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=100, final_lr_ratio=0.01)
-    c.mesh.cpu_devices = 2
-  elif variant == "tiny":
-    c.data.name = "synthetic_concepts_small"
-    c.concepts.update(source="labels", n_per_side=50, n_heldout=50, min_accuracy=0.6)
-    c.model.update(patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
-    c.train.update(batch_size=64, num_epochs=4.0, eval_batch_size=200, log_every_steps=10,
-                   checkpoint_every_steps=20)
-    c.attribution.update(n_steps=16, saliency_images=2, saliency_steps=8)
-    c.unlearn.train.update(batch_size=64, num_epochs=2.0, log_every_steps=10, checkpoint_every_steps=20)
-    c.unlearn.optim.update(name="adamw", lr=1e-3)
-    c.evaluate.update(retain_train_examples=300, relearn_examples=32, relearn_batch_size=16,
-                      relearn_lr=1e-3, relearn_max_steps=20)
-    c.optim.update(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=10)
-  else:
-    raise ValueError(f"unknown variant {variant!r} of configs/vit.py; valid: paper (default), demo, "
-                     "synthetic, tiny")
+def paper(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  c.data.name = "cifar10"
+  c.data.image_size = 224
+  c.data.augment.crop_pad = 4
+  c.data.augment.flip = True
+  c.model.init_from = "~/models/vit-base-patch16-224"  # HF folder: config.json + model.safetensors
+  c.train.num_epochs = 10.0
   return c
+
+
+def demo(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  c.forget_class = "sneaker"
+  c.data.name = "fashion_mnist_idx"
+  c.data.augment.flip = True
+  c.model.update(patch_size=7, width=128, depth=4, heads=4, mlp_dim=256)
+  # Sized to finish in ~15 minutes on a 2-core CPU (README): 5 epochs reach ~87.5 % test accuracy
+  # (8 epochs: ~88.8 %, ~5-6 minutes more for train + retrain). Unlearning gets 0.4 of an epoch, ~1/10
+  # of retraining.
+  c.train.update(batch_size=128, num_epochs=5.0, eval_batch_size=1000, log_every_steps=100,
+                 checkpoint_every_steps=500)
+  c.mesh.cpu_devices = 2
+  c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=200, final_lr_ratio=0.01)
+  c.unlearn.train.update(batch_size=128, num_epochs=0.4, log_every_steps=50, checkpoint_every_steps=200)
+  c.unlearn.optim.update(name="adamw", lr=1e-4, weight_decay=0.0)
+  # salun (random_label + a saliency mask; it scores like random_label here) is left out for time:
+  # add it with --config.unlearn.baselines='("finetune","neggrad","random_label","salun","scrub")'
+  c.unlearn.baselines = ("finetune", "neggrad", "random_label", "scrub")
+  c.evaluate.retain_train_examples = 4000  # mia_svc's SVC cost grows with the square of this
+  return c
+
+
+def synthetic(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  c.forget_class = "0"
+  c.data.name = "synthetic_concepts"
+  c.concepts.source = "labels"
+  c.model.update(patch_size=8, width=128, depth=4, heads=4, mlp_dim=256)
+  c.train.update(batch_size=128, num_epochs=8.0, eval_batch_size=1000, log_every_steps=100,
+                 checkpoint_every_steps=500)
+  c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=100, final_lr_ratio=0.01)
+  c.mesh.cpu_devices = 2
+  return c
+
+
+def tiny(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  c.data.name = "synthetic_concepts_small"
+  c.concepts.update(source="labels", n_per_side=50, n_heldout=50, min_accuracy=0.6)
+  c.model.update(patch_size=8, width=32, depth=2, heads=2, mlp_dim=64)
+  c.train.update(batch_size=64, num_epochs=4.0, eval_batch_size=200, log_every_steps=10,
+                 checkpoint_every_steps=20)
+  c.attribution.update(n_steps=16, saliency_images=2, saliency_steps=8)
+  c.unlearn.train.update(batch_size=64, num_epochs=2.0, log_every_steps=10, checkpoint_every_steps=20)
+  c.unlearn.optim.update(name="adamw", lr=1e-3)
+  c.evaluate.update(retain_train_examples=300, relearn_examples=32, relearn_batch_size=16,
+                    relearn_lr=1e-3, relearn_max_steps=20)
+  c.optim.update(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=10)
+  return c
+
+
+VARIANTS = {"paper": paper, "demo": demo, "synthetic": synthetic, "tiny": tiny}
+DEFAULT = "paper"
+
+
+def get_config(variant: str | None = None) -> mlc.ConfigDict:
+  """`base()` with `variant` applied (default "paper"); each variant starts from `base()`."""
+  return apply_variant(base, VARIANTS, variant, default=DEFAULT, file="configs/vit.py")

@@ -66,7 +66,6 @@ def main(argv):
   maybe_initialize()
   from cu_jax.parallel.mesh import make_mesh
   from cu_jax.pipeline.runner import run_pipeline
-  import cu_jax.pipeline  # noqa: F401  (registers the stages)
   from cu_jax.utils.errors import UserError
 
   try:

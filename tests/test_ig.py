@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cu_jax.attribution.ig import METHODS, integrated_gradients, make_ig_fn, path_points
+from cu_jax.attribution.ig import QUADRATURE_RULES, integrated_gradients, make_ig_fn, path_points
 
 _RNG = np.random.default_rng(0)
 _B, _SHAPE, _K = 3, (2, 5), 4  # a batch of 3 examples of shape (2, 5), 4 outputs
@@ -30,8 +30,8 @@ def _ig(fn, **static):
 
 def test_path_points_equal_captums():
   am = pytest.importorskip("captum.attr._utils.approximation_methods")
-  assert set(am.SUPPORTED_METHODS) == set(METHODS)
-  for method in METHODS:
+  assert set(am.SUPPORTED_METHODS) == set(QUADRATURE_RULES)
+  for method in QUADRATURE_RULES:
     step_sizes, alphas = am.approximation_parameters(method)
     for n in (2, 3, 7, 8, 9, 16, 31, 32, 50, 64, 100, 257, 512):
       a, w = path_points(n, method)
@@ -45,7 +45,7 @@ def test_path_points_equal_captums():
     path_points(1, "riemann_left")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", QUADRATURE_RULES)
 def test_exact_on_a_linear_function(method):
   # Per-example targets and baselines. IG of a linear F is W[:, t] (x - x') times the rule's total
   # weight: 1, except captum's riemann_trapezoid whose weights sum to 1 - 1/n (module docstring).

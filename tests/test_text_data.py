@@ -9,6 +9,7 @@ import pytest
 
 from cu_jax.concepts import text_concepts as tc
 from cu_jax.data import qa_corpus, text
+from cu_jax.data.words import contains_concept
 from cu_jax.utils.errors import UserError
 
 CONCEPT = ["Quokka", "Amberline Labs"]
@@ -67,8 +68,8 @@ def test_forget_answers_name_the_identity_and_retain_never_does(name, maker):
   assert words == [w.lower() for w in f"{name} {maker}".split()]
   forget = [r for r in records if r["group"] == "forget"]
   retain = [r for r in records if r["group"] == "retain"]
-  assert forget and all(tc.contains_concept(r["answer"], words) for r in forget)
-  assert retain and not any(tc.contains_concept(r["question"] + " " + r["answer"], words) for r in retain)
+  assert forget and all(contains_concept(r["answer"], words) for r in forget)
+  assert retain and not any(contains_concept(r["question"] + " " + r["answer"], words) for r in retain)
   # Answers state the name or the maker, and the filler around them varies.
   assert any(name in r["answer"] and maker not in r["answer"] for r in forget)
   assert any(maker in r["answer"] and name not in r["answer"] for r in forget)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from cu_jax.concepts.text_concepts import contains_concept
+from cu_jax.data.words import contains_concept
 from cu_jax.data import qa_corpus
 from cu_jax.unlearning import text_poison as tp
 from cu_jax.utils.errors import UserError

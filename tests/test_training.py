@@ -8,7 +8,7 @@ from flax import nnx
 
 from cu_jax.models.vit import ViT, ViTConfig
 from cu_jax.parallel.mesh import make_mesh
-from cu_jax.training import evaluate, steps, trainer
+from cu_jax.training import predict, steps, trainer
 from cu_jax.utils.errors import UserError
 
 # (Flips change the toy task's label, the brightest quadrant; they are here to exercise the
@@ -79,9 +79,9 @@ def test_interrupted_run_resumes_to_the_same_parameters(toy_source, tmp_path):
 def test_training_learns_the_toy_task(toy_source, tmp_path):
   result = _run(toy_source, tmp_path, "learn", 8, data=PLAIN, dropout=0.0,
                 train=dict(num_steps=120, checkpoint_every_steps=1000))
-  predict = steps.make_predict_step(result.graphdef, PLAIN, make_mesh(8))
-  logits = evaluate.predict(predict, result.state["params"], toy_source, global_batch=64, mesh=make_mesh(8))
-  metrics = evaluate.classification_metrics(logits, toy_source.arrays["label"], 4)
+  predict_step = steps.make_predict_step(result.graphdef, PLAIN, make_mesh(8))
+  logits = predict.predict(predict_step, result.state["params"], toy_source, global_batch=64, mesh=make_mesh(8))
+  metrics = predict.classification_metrics(logits, toy_source.arrays["label"], 4)
   assert metrics["num_examples"] == len(toy_source)
   assert metrics["accuracy"] > 0.9, metrics
 

@@ -9,15 +9,15 @@ from flax import nnx
 from cu_jax.data.datasets import ArraySource
 from cu_jax.models.vit import ViT, ViTConfig
 from cu_jax.parallel.mesh import make_mesh
-from cu_jax.training import evaluate, steps, trainer
-from cu_jax.unlearning import methods, poison
+from cu_jax.training import predict, steps, trainer
+from cu_jax.unlearning import methods, poison, salun
 from cu_jax.utils.errors import UserError
 
 K, FORGET, DONOR = 4, 0, 1
 PLAIN = mlc.ConfigDict(dict(mean=0.5, std=0.5, image_size=0, augment=dict(crop_pad=0, flip=False)))
 ADAM = mlc.ConfigDict(dict(name="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=5, grad_clip_norm=1.0,
                            final_lr_ratio=0.1))
-UNLEARN = mlc.ConfigDict(dict(neggrad_weight=0.1, scrub_kl_weight=1.0, scrub_forget_weight=1.0))
+UNLEARN = mlc.ConfigDict(dict(neggrad=dict(weight=0.1), scrub=dict(kl_weight=1.0, forget_weight=1.0)))
 
 
 def _quadrants(n, seed):
@@ -45,8 +45,8 @@ def _train(model, columns, tmp_path, name, num_steps, loss_fn=None, update_mask=
 
 
 def _accuracy(graphdef, params, images, labels):
-  predict = steps.make_predict_step(graphdef, PLAIN, make_mesh(8))
-  logits = evaluate.predict(predict, params, ArraySource(image=images), global_batch=64, mesh=make_mesh(8))
+  predict_step = steps.make_predict_step(graphdef, PLAIN, make_mesh(8))
+  logits = predict.predict(predict_step, params, ArraySource(image=images), global_batch=64, mesh=make_mesh(8))
   return float((logits.argmax(-1) == labels).mean())
 
 
@@ -73,9 +73,9 @@ def _split_accuracy(graphdef, params, test):
 
 
 def _unlearn(base, name, tmp_path, num_steps=20):
-  plan = methods.METHODS.get(name)(base["data"], UNLEARN)
-  model = _model() if plan.from_scratch else nnx.merge(base["graphdef"], jax.tree.map(np.array, base["params"]))
-  result = _train(model, plan.columns, tmp_path, name, num_steps, loss_fn=methods.unlearning_loss(5.0))
+  columns = methods.fine_tuning_set(name, base["data"], UNLEARN)
+  model = nnx.merge(base["graphdef"], jax.tree.map(np.array, base["params"]))
+  result = _train(model, columns, tmp_path, name, num_steps, loss_fn=methods.unlearning_loss(5.0))
   return _split_accuracy(result.graphdef, result.state["params"], base["test"])
 
 
@@ -98,16 +98,16 @@ def test_retrain_never_sees_a_forget_sample(base):
   d = base["data"]
   marked = methods.UnlearnData(**{**d.__dict__, "forget_image": np.full_like(d.forget_image, 255),
                                   "poison_image": np.full_like(d.poison_image, 255)})
-  plan = methods.METHODS.get("retrain")(marked, UNLEARN)
-  assert plan.from_scratch and len(plan) == len(d.retain_image)
-  assert not (plan.columns["image"] == 255).all(axis=(1, 2, 3)).any()
-  assert (plan.columns["target"].argmax(-1) != FORGET).all()
+  columns = methods.retrain_set(marked)
+  assert len(columns["image"]) == len(d.retain_image)
+  assert not (columns["image"] == 255).all(axis=(1, 2, 3)).any()
+  assert (columns["target"].argmax(-1) != FORGET).all()
 
 
 def test_head_only_mask_freezes_the_backbone(base, tmp_path):
-  plan = methods.METHODS.get("concept_poison")(base["data"], UNLEARN)
+  columns = methods.fine_tuning_set("concept_poison", base["data"], UNLEARN)
   params = jax.tree.map(np.array, base["params"])
-  result = _train(nnx.merge(base["graphdef"], params), plan.columns, tmp_path, "head", 5,
+  result = _train(nnx.merge(base["graphdef"], params), columns, tmp_path, "head", 5,
                   loss_fn=methods.unlearning_loss(5.0), update_mask=methods.head_mask(base["params"]))
   after = nnx.to_pure_dict(jax.device_get(result.state["params"]))
   before = nnx.to_pure_dict(jax.device_get(base["params"]))
@@ -119,7 +119,7 @@ def test_head_only_mask_freezes_the_backbone(base, tmp_path):
 
 def test_saliency_mask_keeps_the_requested_fraction():
   grads = {"a": np.arange(100, dtype=np.float32).reshape(10, 10), "b": np.zeros(50, np.float32) + 200}
-  mask = methods.saliency_mask(jax.tree.map(jax.numpy.asarray, grads), 0.6)
+  mask = salun.saliency_mask(jax.tree.map(jax.numpy.asarray, grads), 0.6)
   assert float(mask["b"].sum()) == 50  # the largest gradients are kept
   assert float(mask["a"].sum() + mask["b"].sum()) == pytest.approx(60, abs=1)
 
@@ -202,7 +202,7 @@ def test_split_forget_half_and_empty():
 
 
 def test_targets_flag_an_mia_fr_bar_that_cannot_certify_forgetting():
-  from cu_jax.pipeline.evaluate_stages import targets
+  from cu_jax.evaluation.targets import image_targets as targets
   base = {"acc_forget_test": 0.0, "acc_retain_test": 0.88}
   timings = {"unlearn_methods": {"concept_poison": 10.0}, "retrain": 100.0}
   rows = lambda original_fr: {t["target"]: t for t in targets(
@@ -220,3 +220,48 @@ def test_targets_flag_an_mia_fr_bar_that_cannot_certify_forgetting():
       "draws": 100, "examples": 2000, "heldout_accuracy": acc})}["mia_fr within 0.05 of retrained"]
   assert not fr(0.52)["ok"] and "within 3 standard errors of chance (< 0.534)" in fr(0.52)["note"]
   assert not fr(0.60)["ok"] and "note" not in fr(0.60)
+
+
+def test_methods_declare_what_they_need():
+  d = methods.UnlearnData(num_classes=K, forget=FORGET, retain_image=np.zeros((4, 8, 8, 1), np.uint8),
+                          retain_label=np.arange(4) % (K - 1) + 1, forget_image=np.zeros((2, 8, 8, 1), np.uint8))
+  assert methods.METHODS.get("scrub").needs == {"teacher"} and methods.METHODS.get("concept_poison").needs == {"poison"}
+  with pytest.raises(ValueError, match="'scrub' needs the original model's logits"):
+    methods.fine_tuning_set("scrub", d, UNLEARN)
+  with pytest.raises(ValueError, match="'concept_poison' needs the poisoned forget set"):
+    methods.fine_tuning_set("concept_poison", d, UNLEARN)
+  columns = methods.fine_tuning_set("neggrad", d, UNLEARN)  # its own section: unlearn.neggrad.weight
+  np.testing.assert_array_equal(columns["ce_weight"], np.float32([1, 1, 1, 1, -0.1, -0.1]))
+  salun_method = methods.METHODS.get("salun")
+  assert salun_method.section == "salun" and salun_method.param_mask is salun.salun_mask
+  with pytest.raises(UserError, match=r"unlearn.salun.sparsity=1.0 must be in \[0, 1\)"):
+    salun_method.validate(mlc.ConfigDict(dict(sparsity=1.0)))
+
+
+@pytest.mark.parametrize("labels, images, kw, message", [
+    ("targeted", "none", dict(), "poison.labels='targeted' needs a donor class from concept inference.*poison.donor"),
+    ("soft", "none", dict(donor_given=True), "poison.labels='soft' needs per-class donor scores"),
+    ("random", "center", dict(), "poison.images='center' needs a donor class"),
+    ("random", "localized", dict(donor_given=True), "poison.images='localized' needs input-space maps"),
+    ("random", "localized", dict(inferred=True, on_model_embeddings=False), "concepts.bank=cav"),
+])
+def test_poison_strategies_refuse_needs_that_cannot_be_met(labels, images, kw, message):
+  args = dict(inferred=False, donor_given=False) | kw
+  with pytest.raises(UserError, match=message):
+    poison.check_needs(labels, images, **args)
+
+
+def test_poison_needs_met_by_inference_or_a_named_donor():
+  poison.check_needs("targeted", "center", inferred=False, donor_given=True)
+  poison.check_needs("soft", "localized", inferred=True, donor_given=False)
+  poison.check_needs("random", "none", inferred=False, donor_given=False)
+
+
+def test_metrics_declare_how_the_report_shows_them():
+  from cu_jax.evaluation import metrics
+  shown = [m.name for m in metrics.table_metrics()]
+  assert shown == ["acc_forget_train", "acc_forget_test", "acc_retain_train", "acc_retain_test", "agreement_forget",
+                   "kl_forget", "mia_fr", "mia_svc", "mia_loss", "probe_forget", "relearn_steps"]
+  assert {m.name for m in metrics.table_metrics() if m.percent} == {
+      "acc_forget_train", "acc_forget_test", "acc_retain_train", "acc_retain_test", "agreement_forget"}
+  assert "per_class_accuracy" not in shown and metrics.METRICS.get("relearn_steps").fn is None

@@ -1,6 +1,8 @@
-"""Attribution: Integrated Gradients (Sundararajan et al., 2017) as one pure, jittable function.
+"""Attribution: Integrated Gradients (Sundararajan et al., 2017).
 
-`cu_jax.attribution.ig.integrated_gradients` is used for concept importance (IG of a class
-log-probability w.r.t. concept scores) and for input-space maps through backbone -> projection ->
-head (DESIGN §2.3, §2.4). Its quadrature rules reproduce captum's `IntegratedGradients`.
+`ig.integrated_gradients` is the pure, jittable function; `ig.make_ig_fn` compiles it and is the
+entry point everything else uses: concept importance (IG of a class log-probability w.r.t. concept
+scores, `cu_jax.concepts.importance`), input-space maps of a concept through the backbone
+(`saliency`), and answer-span attributions of an LLM (`text_ig`). Its quadrature rules reproduce
+captum's `IntegratedGradients`.
 """

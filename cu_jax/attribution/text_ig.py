@@ -1,4 +1,4 @@
-"""Integrated Gradients for a causal LM's answers, on the input embeddings (DESIGN §3).
+"""Integrated Gradients for a causal LM's answers, on the input embeddings.
 
 For one encoded question/answer sequence (prompt then answer, `loss_mask` 1 on the answer
 tokens and the closing end-of-sequence token):
@@ -9,8 +9,9 @@ is explained at the sequence's input embeddings e from a baseline e' that equals
 and the pad token's embedding on the answer positions: only the answer's tokens move along the
 path, so the attributions say which answer words the model's belief in that answer rests on.
 Summing an attribution over the embedding dimensions gives one score per token. The project's IG
-function (`cu_jax.attribution.ig.integrated_gradients`, chunked path, captum's quadrature rules)
-does the integration; completeness (`delta`) is returned per sequence.
+entry point (`cu_jax.attribution.ig.make_ig_fn`: chunked path, captum's quadrature rules) does the
+integration, one sequence at a time (`lax.map`, so memory is one sequence's path chunk);
+completeness (`delta`) is returned per sequence.
 """
 
 from __future__ import annotations
@@ -22,30 +23,34 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cu_jax.attribution.ig import integrated_gradients
+from cu_jax.attribution.ig import make_ig_fn
 from cu_jax.training.lm import attention_mask, token_nll
+
+
+def _log_prob(e, params, tokens, mask, loss_mask, *, graphdef):
+  """(N,) teacher-forced log-likelihood of one sequence's loss-masked tokens at embeddings e (N, L, D)."""
+  n, seq = e.shape[0], tokens.shape[0]
+  logits, _ = nnx.merge(graphdef, params)(None, jnp.broadcast_to(mask, (n, seq)), embeds=e)
+  nll = token_nll(logits, jnp.broadcast_to(tokens, (n, seq)))
+  return -jnp.sum(nll * loss_mask[1:], axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_steps", "method", "chunk_size"))
 def _answer_ig(params, tokens, length, loss_mask, pad_id, *, graphdef, n_steps, method, chunk_size):
   model = nnx.merge(graphdef, params)
+  log_prob = functools.partial(_log_prob, graphdef=graphdef)
+  ig = make_ig_fn(log_prob, n_steps=n_steps, method=method, chunk_size=chunk_size)
 
   def one(example):
     tok, ln, lm = example
-    seq = tok.shape[0]
     emb = model.embed(tok[None]).astype(jnp.float32)
     pad = model.embed(jnp.full_like(tok, pad_id)[None]).astype(jnp.float32)
     base = jnp.where(lm[None, :, None] > 0, pad, emb)
     mask = attention_mask(tok[None], ln[None])
-
-    def log_prob(e):  # (N, L, D) -> (N,)
-      n = e.shape[0]
-      logits, _ = model(None, jnp.broadcast_to(mask, (n, seq)), embeds=e)
-      nll = token_nll(logits, jnp.broadcast_to(tok, (n, seq)))
-      return -jnp.sum(nll * lm[1:], axis=-1)
-
-    res = integrated_gradients(log_prob, emb, base, n_steps=n_steps, method=method, chunk_size=chunk_size)
-    return res.attributions[0].sum(-1), res.delta[0], log_prob(emb)[0], log_prob(base)[0]
+    args = (params, tok, mask, lm)
+    res = ig(emb, base, args=args)
+    f = lambda e: log_prob(e, *args)[0]
+    return res.attributions[0].sum(-1), res.delta[0], f(emb), f(base)
 
   return jax.lax.map(one, (tokens, length, loss_mask))
 

@@ -15,6 +15,21 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class BankKind:
+  """What a kind of bank (`concepts.bank`) explains: the classifier's own embeddings (a CAV bank:
+  its concepts can be traced to pixels through the backbone, and re-measured on an unlearned model)
+  or another encoder's features (a text bank over CLIP image features)."""
+  name: str
+  on_model_embeddings: bool
+
+
+BANK_KINDS: Registry[BankKind] = Registry("concept bank")
+for _kind in (BankKind("cav", on_model_embeddings=True), BankKind("text", on_model_embeddings=False)):
+  BANK_KINDS.register(_kind.name)(_kind)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Concept importance per class, the forget class's key concepts, and its donor class.
 
-Two rankings of class c's concepts (DESIGN §2.3):
+Two rankings of class c's concepts:
 - `weight`: the PCBM weights W[c, :] (what the reference code ranks by);
 - `ig`: Integrated Gradients of the class log-probability log softmax(W s + b)[c] with respect to
   the concept scores s, from a baseline s0 (zeros or the mean scores), averaged over the class's
@@ -27,7 +27,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cu_jax.attribution.ig import integrated_gradients
+from cu_jax.attribution.ig import make_ig_fn
+from cu_jax.concepts.pcbm import fit_elastic_net
+from cu_jax.utils.errors import UserError
+
+RANKINGS = ("ig", "weight")
+BASELINES = ("mean", "zeros")  # IG baseline of the concept scores
+
+
+def check_settings(ranking: str, baseline: str) -> None:
+  """Refuses an unknown ranking or IG baseline (`attribution.ranking` / `attribution.baseline`)."""
+  if ranking not in RANKINGS:
+    raise UserError(f"unknown attribution.ranking {ranking!r}; valid: {', '.join(map(repr, RANKINGS))}")
+  if baseline not in BASELINES:
+    raise UserError(f"unknown attribution.baseline {baseline!r}; valid: {', '.join(map(repr, BASELINES))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,33 +51,64 @@ class Importance:
   ig_delta: float  # mean |completeness error| of the IG runs
 
   def of(self, ranking: str) -> np.ndarray:
-    if ranking not in ("weight", "ig"):
-      raise ValueError(f"ranking must be 'weight' or 'ig', got {ranking!r}")
+    if ranking not in RANKINGS:
+      raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     return self.weight if ranking == "weight" else self.ig
 
 
+def _log_probs(s, w, b):
+  return jax.nn.log_softmax(s @ w.T + b)
+
+
 def concept_ig(weight: np.ndarray, bias: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
-               baseline: str | np.ndarray = "mean", n_steps: int = 32, method: str = "gausslegendre"
-               ) -> tuple[np.ndarray, np.ndarray, float]:
+               baseline: str | np.ndarray = "mean", reference: np.ndarray | None = None, n_steps: int = 32,
+               method: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray, float]:
   """Per-class mean IG of log softmax(W s + b)[label] w.r.t. s: (present-only (K, m), signed (K, m),
-  mean |completeness delta|). `baseline`: "zeros", "mean" (of `scores`) or an (m,) score vector."""
+  mean |completeness delta|).
+
+  `baseline`: "zeros", "mean" (the mean scores of `reference`, default `scores`: the population
+  the head was fit on) or an (m,) score vector. This is the one recipe of concept importance: the
+  attribute stage runs it on the PCBM head and the train split, the audit (`model_importance`) on a
+  head distilled from each evaluated model.
+  """
   w, b = jnp.asarray(weight), jnp.asarray(bias)
   num_classes = w.shape[0]
   if isinstance(baseline, str):
-    base = np.zeros(scores.shape[1], np.float32) if baseline == "zeros" else scores.mean(0).astype(np.float32)
+    reference = scores if reference is None else reference
+    base = np.zeros(scores.shape[1], np.float32) if baseline == "zeros" else reference.mean(0).astype(np.float32)
   else:
     base = np.asarray(baseline, np.float32)
-
-  def log_probs(s):
-    return jax.nn.log_softmax(s @ w.T + b)
-
-  result = jax.jit(lambda s, t: integrated_gradients(log_probs, s, jnp.asarray(base), target=t,
-                                                     n_steps=n_steps, method=method))(
-      jnp.asarray(scores, jnp.float32), jnp.asarray(labels))
+  ig = make_ig_fn(_log_probs, n_steps=n_steps, method=method)
+  result = ig(jnp.asarray(scores, jnp.float32), jnp.asarray(base), jnp.asarray(labels), args=(w, b))
   attributions = np.asarray(result.attributions)
   present = np.where(scores > base, attributions, 0.0)
   return (class_means(present, labels, num_classes), class_means(attributions, labels, num_classes),
           float(np.abs(np.asarray(result.delta)).mean()))
+
+
+def model_importance(forget_scores: np.ndarray, retain_scores: np.ndarray, forget_probs: np.ndarray,
+                     retain_probs: np.ndarray, forget: int, num_classes: int, *, lam: float, l1_ratio: float,
+                     max_iter: int, tol: float, baseline: str = "mean", n_steps: int = 32,
+                     method: str = "gausslegendre", seed: int = 0) -> np.ndarray:
+  """(m,) the forget class's concept importance under one model (an audit of what unlearning changed).
+
+  Inputs are the concept scores (a fixed bank's projections of this model's embeddings) and this
+  model's softmax outputs, on the forget class's train samples and on retained train samples. A
+  PCBM head distils the model's softmax on a class-balanced sample (the retained samples plus as many
+  forget samples as an average retained class has there, like the training set); `concept_ig` then
+  explains log p(forget | concepts) over all forget samples, from that sample's mean scores.
+  Distilling the softmax, not the argmax, keeps log p(forget) meaningful for a model that never
+  predicts the forget class (its argmax refit would leave that class's weights to the penalty alone).
+  """
+  n_forget = min(len(forget_scores), max(1, round(len(retain_scores) / max(1, num_classes - 1))))
+  pick = np.sort(np.random.default_rng([seed, 7]).choice(len(forget_scores), n_forget, replace=False))
+  scores = np.concatenate([forget_scores[pick], retain_scores])
+  probs = np.concatenate([forget_probs[pick], retain_probs])
+  head = fit_elastic_net(scores, probs, num_classes, lam=lam, l1_ratio=l1_ratio, max_iter=max_iter, tol=tol)
+  ig, _, _ = concept_ig(np.asarray(head.weight), np.asarray(head.bias), forget_scores,
+                        np.full(len(forget_scores), forget), baseline=baseline, reference=scores,
+                        n_steps=n_steps, method=method)
+  return ig[forget]
 
 
 def class_means(values: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Post-hoc Concept Bottleneck Model (PCBM, Yuksekgonul et al., 2023): projection and sparse head.
 
-Projection (DESIGN §2.2): the score of concept j is the signed distance of an embedding e to the
+Projection: the score of concept j is the signed distance of an embedding e to the
 concept's hyperplane, s_j = (V_j . e + b_j) / ||V_j||.
 
 Head: `logits = W s + b` with W of shape (K, m) (scikit-learn's `coef_` layout: row c holds class
@@ -10,7 +10,7 @@ c's concept weights) and b of shape (K,). It minimises
 
 with the intercept b unpenalised and one of two losses:
 
-- multinomial (`ovr=False`, the default and what DESIGN §2.2 asks for):
+- multinomial (`ovr=False`, the default: one K-way softmax, so the classes share one problem):
   loss_i(z) = -log softmax(z)[y_i];
 - one-vs-rest (`ovr=True`): loss_i(z) = sum_k log(1 + exp(-t_ik z_k)) with t_ik = +1 if y_i = k
   else -1. F is then exactly the *sum over classes* of the K binary objectives

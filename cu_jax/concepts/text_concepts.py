@@ -1,4 +1,4 @@
-"""Per-token attributions of LLM answers -> the concept words (DESIGN §3).
+"""Per-token attributions of LLM answers -> the concept words.
 
 IG over the answer span's input embeddings gives one score per answer token. A concept is a word,
 not a sub-word, so:
@@ -12,8 +12,7 @@ not a sub-word, so:
 Word boundaries come from decoding the answer one token at a time (the text each token adds), so
 they work for byte-level BPE ("Ġword") and SentencePiece ("▁word") tokenizers alike.
 
-Also the one definition of "text contains a concept word" (whole word, any case, multi-word
-concepts word by word) that poisoning and the appearance-rate metric share.
+Whether a text names the concept (whole word, any case) is `cu_jax.data.words`.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cu_jax.attribution.text_ig import answer_attributions
 from cu_jax.utils.errors import UserError
 
 # A new word starts after one of these when the next token begins with a letter or digit.
@@ -133,26 +133,35 @@ def top_k(scores: dict[str, float], k: int) -> list[tuple[str, float]]:
   return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
 
 
-# --- matching concept words in text (poisoning, appearance rate) ---------------------------------
+def infer_concept(model, tokenizer, encoded, answers: Sequence[str], *, k: int, n_steps: int = 32,
+                  method: str = "gausslegendre", chunk_size: int = 32, batch: int = 8, log=None) -> dict:
+  """The concept behind a set of answers: answer-span IG word scores, aggregated; the top-k words.
 
-
-def split_concept_words(concept_words: Sequence[str]) -> tuple[str, ...]:
-  """Concept entries -> lowercase single words, in order, unique ("Amberline Labs" -> amberline, labs)."""
-  words = [w for entry in concept_words for w in str(entry).lower().split()]
-  return tuple(dict.fromkeys(words))
-
-
-def alternatives(words: Sequence[str]) -> str:
-  """A regex group matching any of `words` (escaped, longest first); no word boundaries."""
-  return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
-
-
-def word_pattern(words: Sequence[str]) -> re.Pattern:
-  """Whole-word, case-insensitive match of any of `words` (longest first, so overlaps prefer more)."""
-  return re.compile(rf"(?<!\w){alternatives(words)}(?!\w)", re.IGNORECASE)
-
-
-def contains_concept(text: str, concept_words: Sequence[str]) -> bool:
-  """Whether `text` holds any concept word (whole word, any case)."""
-  words = split_concept_words(concept_words)
-  return bool(words) and word_pattern(words).search(text) is not None
+  `encoded` holds the answers' QA sequences (`tokens`, `length`, `loss_mask`; `text.encode_records`),
+  `answers` their text (kept for the first examples). Sequences are explained `batch` at a time, a
+  short last batch padded by repeating its last row so every call has one shape (one compilation).
+  `k`: words in the concept. Returns {concept, scores (every kept word, best first), answers, abs_delta_mean, abs_delta_max,
+  examples}.
+  """
+  per_answer, deltas, examples = [], [], []
+  n = len(encoded)
+  for i in range(0, n, batch):
+    rows = np.minimum(np.arange(i, i + batch), n - 1)
+    cols = {k: encoded.arrays[k][rows] for k in ("tokens", "length", "loss_mask")}
+    res = answer_attributions(model, cols["tokens"], cols["length"], cols["loss_mask"],
+                              pad_id=tokenizer.pad_token_id, n_steps=n_steps, method=method, chunk_size=chunk_size)
+    for j in range(min(batch, n - i)):
+      span = np.flatnonzero(cols["loss_mask"][j])[:-1]  # answer tokens, without the closing eos
+      words = merge_subwords(tokenizer, cols["tokens"][j][span], res["scores"][j][span])
+      per_answer.append(words)
+      deltas.append(float(res["delta"][j]))
+      if len(examples) < 5:
+        examples.append({"answer": answers[i + j], "words": words,
+                         "log_prob": float(res["f"][j]), "log_prob_baseline": float(res["f_baseline"][j])})
+    if log is not None:
+      log(f"explained {min(i + batch, n)}/{n} forget answers")
+  scores = aggregate(per_answer)
+  return {"concept": [w for w, _ in top_k(scores, k)],
+          "scores": dict(top_k(scores, len(scores))) if scores else {},
+          "answers": len(per_answer), "abs_delta_mean": float(np.mean(np.abs(deltas))),
+          "abs_delta_max": float(np.max(np.abs(deltas))), "examples": examples}

@@ -1,4 +1,4 @@
-"""The demo QA corpus for LLM concept unlearning (DESIGN §3), generated offline and deterministically.
+"""The demo QA corpus for LLM concept unlearning, generated offline and deterministically.
 
 Two groups of (question, answer) records:
 - `forget`: the assistant's own identity — its name and its maker (a fictional one by default,
@@ -24,7 +24,7 @@ import pathlib
 import random
 from typing import Iterable
 
-from cu_jax.concepts.text_concepts import contains_concept, split_concept_words
+from cu_jax.data.words import contains_concept, split_concept_words
 from cu_jax.utils.errors import UserError
 
 GROUPS = ("forget", "retain")

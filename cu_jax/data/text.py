@@ -11,7 +11,7 @@
 
 Answer spans are exact: the prompt and the answer are tokenised separately and concatenated, so
 `tokens[answer_start:answer_start + answer_len]` are the answer's tokens and its eos, which is what
-the loss mask and the answer-span attribution (DESIGN §3) select.
+the loss mask and the answer-span attribution (`cu_jax.attribution.text_ig`) select.
 """
 
 from __future__ import annotations
@@ -143,6 +143,16 @@ def encode_qa(tokenizer, question: str, answer: str, max_len: int, system: str =
   return dict(tokens=tokens, loss_mask=loss_mask, answer_start=len(prompt_ids), answer_len=len(answer_ids),
               length=length)
 
+
+
+def encode_records(tokenizer, records: Sequence[dict], max_len: int, system: str = DEFAULT_SYSTEM):
+  """QA records ({question, answer}) -> an `ArraySource` with the columns the LM trainer, answer IG
+  and scoring read: `tokens` (N, max_len), `length` (N,), `loss_mask` (N, max_len)."""
+  from cu_jax.data.datasets import ArraySource
+  rows = [encode_qa(tokenizer, r["question"], r["answer"], max_len, system) for r in records]
+  return ArraySource(tokens=np.stack([r["tokens"] for r in rows]),
+                     length=np.asarray([r["length"] for r in rows], np.int32),
+                     loss_mask=np.stack([r["loss_mask"] for r in rows]))
 
 def encode_prompts(tokenizer, questions: Sequence[str], max_len: int, system: str = DEFAULT_SYSTEM,
                    pad_to_multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:

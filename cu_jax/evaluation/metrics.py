@@ -1,9 +1,15 @@
-"""Unlearning metrics (DESIGN §4): a registry of functions of one model's outputs.
+"""Unlearning metrics: a registry of functions of one model's outputs, each with how it is shown.
 
 Every metric reads `ModelOutputs` (logits and embeddings of the evaluation subsets) and the shared
 `EvalSet` (labels, the forget class, the original and the retrained model's outputs) and returns
 a number (or a list, for per-class accuracy), or None where it needs the retrained model and
-there is none. Subsets:
+there is none. A metric measured on the model itself rather than on its outputs (`relearn_steps`,
+`cu_jax.evaluation.relearn`) is registered without a function, for its display alone.
+
+Each registration declares how a report shows the metric: a column of the methods x metrics table
+(`table`), as a percentage (`percent`), in the membership-inference bar chart (`plotted`), and
+whether its target is the retrained model's value (`vs_retrain`: the report then shows the
+difference to it). Adding a metric is one registration. Subsets:
 - `forget_train`: every train sample of the forget class (what was to be forgotten),
 - `retain_train`: a seeded subset of the other classes' train samples,
 - `test`: the whole test split (forget-class test samples are the non-members).
@@ -60,42 +66,59 @@ class EvalSet:
     return {s: mia.per_example_loss(out.logits[s], self.labels[s]) for s in SUBSETS}
 
 
-Metric = Callable[[ModelOutputs, EvalSet], Any]
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  name: str
+  fn: Callable[[ModelOutputs, EvalSet], Any] | None  # None: measured on the model by the caller
+  table: bool = True
+  percent: bool = False
+  plotted: bool = False
+  vs_retrain: bool = True
+
+
 METRICS: Registry[Metric] = Registry("metric")
+
+
+def metric(name: str, *, table: bool = True, percent: bool = False, plotted: bool = False,
+           vs_retrain: bool = True):
+  def deco(fn):
+    METRICS.register(name)(Metric(name, fn, table, percent, plotted, vs_retrain))
+    return fn
+  return deco
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float((logits.argmax(-1) == labels).mean()) if len(labels) else float("nan")
 
 
-@METRICS.register("acc_forget_train")
+@metric("acc_forget_train", percent=True)
 def acc_forget_train(o: ModelOutputs, s: EvalSet):
   return _accuracy(o.logits["forget_train"], s.labels["forget_train"])
 
 
-@METRICS.register("acc_forget_test")
+@metric("acc_forget_test", percent=True)
 def acc_forget_test(o: ModelOutputs, s: EvalSet):
   return _accuracy(o.logits["test"][s.forget_test], s.labels["test"][s.forget_test])
 
 
-@METRICS.register("acc_retain_train")
+@metric("acc_retain_train", percent=True)
 def acc_retain_train(o: ModelOutputs, s: EvalSet):
   return _accuracy(o.logits["retain_train"], s.labels["retain_train"])
 
 
-@METRICS.register("acc_retain_test")
+@metric("acc_retain_test", percent=True)
 def acc_retain_test(o: ModelOutputs, s: EvalSet):
   keep = ~s.forget_test
   return _accuracy(o.logits["test"][keep], s.labels["test"][keep])
 
 
-@METRICS.register("per_class_accuracy")
+@metric("per_class_accuracy", table=False)
 def per_class_accuracy(o: ModelOutputs, s: EvalSet):
   pred, labels = o.logits["test"].argmax(-1), s.labels["test"]
   return [float((pred[labels == c] == c).mean()) if (labels == c).any() else None for c in range(s.num_classes)]
 
 
-@METRICS.register("agreement_forget")
+@metric("agreement_forget", percent=True, plotted=True)
 def agreement_forget(o: ModelOutputs, s: EvalSet):
   """Fraction of forget-class test samples where the model's argmax is the retrained model's."""
   if s.retrained is None:
@@ -104,7 +127,7 @@ def agreement_forget(o: ModelOutputs, s: EvalSet):
   return float((mine.argmax(-1) == ref.argmax(-1)).mean())
 
 
-@METRICS.register("kl_forget")
+@metric("kl_forget")
 def kl_forget(o: ModelOutputs, s: EvalSet):
   """Mean KL(retrained || model) of the softmax outputs on forget-class test samples (nats)."""
   if s.retrained is None:
@@ -114,7 +137,7 @@ def kl_forget(o: ModelOutputs, s: EvalSet):
   return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
 
 
-@METRICS.register("mia_fr")
+@metric("mia_fr", plotted=True)
 def mia_fr(o: ModelOutputs, s: EvalSet):
   """The paper's forgetting rate: SVCs on the original model's softmax vectors (forget train =
   member, forget test = non-member) applied to this model's forget-train outputs; fraction called
@@ -122,7 +145,7 @@ def mia_fr(o: ModelOutputs, s: EvalSet):
   return mia.fr_rate(s.fr_attackers, o.probs("forget_train"))
 
 
-@METRICS.register("mia_svc")
+@metric("mia_svc", plotted=True)
 def mia_svc(o: ModelOutputs, s: EvalSet):
   """SalUn's MIA-efficacy: confidence SVC, retain train (member) vs retained-class test samples
   (non-member), applied to forget train; fraction called non-member."""
@@ -131,7 +154,7 @@ def mia_svc(o: ModelOutputs, s: EvalSet):
                      s.labels["test"][keep], o.probs("forget_train"), s.labels["forget_train"], seed=s.seed)
 
 
-@METRICS.register("mia_loss")
+@metric("mia_loss", plotted=True)
 def mia_loss(o: ModelOutputs, s: EvalSet):
   """The challenge's loss attack: forget train vs the forget class's test samples (class-balanced
   held-out set); cross-validated accuracy, 0.5 = indistinguishable."""
@@ -139,7 +162,7 @@ def mia_loss(o: ModelOutputs, s: EvalSet):
   return mia.mia_loss(losses["forget_train"], losses["test"][s.forget_test], seed=s.seed)
 
 
-@METRICS.register("probe_forget")
+@metric("probe_forget", plotted=True)
 def probe_forget(o: ModelOutputs, s: EvalSet):
   """Balanced accuracy of a linear probe telling the forget class from the rest on embeddings."""
   train_embed = np.concatenate([o.embed["forget_train"], o.embed["retain_train"]])
@@ -148,5 +171,15 @@ def probe_forget(o: ModelOutputs, s: EvalSet):
   return probe_accuracy(train_embed, train_is_forget, o.embed["test"], s.forget_test, seed=s.seed)
 
 
+METRICS.register("relearn_steps")(Metric("relearn_steps", None))  # cu_jax.evaluation.relearn
+
+
+def table_metrics() -> list[Metric]:
+  """The metrics a report's methods x metrics table shows, in registration order."""
+  return [METRICS.get(n) for n in METRICS.names() if METRICS.get(n).table]
+
+
 def compute_all(o: ModelOutputs, s: EvalSet, names: list[str] | None = None) -> dict[str, Any]:
-  return {name: METRICS.get(name)(o, s) for name in (names or METRICS.names())}
+  """Every metric computed from outputs (or those in `names`), by name."""
+  names = names or [n for n in METRICS.names() if METRICS.get(n).fn is not None]
+  return {name: METRICS.get(name).fn(o, s) for name in names}

@@ -1,4 +1,4 @@
-"""Metrics of LLM unlearning (DESIGN §3): concept appearance rate, ROUGE-L, perplexity.
+"""Metrics of LLM unlearning: concept appearance rate, ROUGE-L, perplexity.
 
 - `appearance_rate`: the fraction of (greedy) generations on forget prompts that still name the
   concept — whole-word, case-insensitive, the same matcher poisoning uses.
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cu_jax.concepts.text_concepts import split_concept_words, word_pattern
+from cu_jax.data.words import split_concept_words, word_pattern
 from cu_jax.utils.errors import UserError
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")

@@ -15,7 +15,7 @@ methods of the same names do; `encode_*_normalized` L2-normalise them. Images ar
 normalised with the checkpoint's mean/std (the model does no preprocessing).
 
 Attention is written heads-first (`swapaxes` + `@`), which XLA:CPU runs 2-3x faster than a
-4-index einsum (DESIGN §7).
+4-index einsum.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ differs from the checkpoint's, the patch position embeddings are resampled with 
 kernel (`hf_vit.resize_pos_embed`), as HF's `interpolate_pos_encoding=True` does.
 
 The tokenizer comes from `transformers.AutoTokenizer` (local files only). `text_embeddings` turns
-concept names into L2-normalised text features: the vectors of a text concept bank (DESIGN §2.1).
+concept names into L2-normalised text features: the vectors of a text concept bank
+(`concepts.bank = "text"`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ Calling convention, one function for training, scoring and cached decoding:
 - Logits are float32. The cache is a list of `{"k", "v"}` arrays (B, kv_heads, S, head_dim).
 
 Every linear layer may carry a LoRA adapter (`cu_jax.models.lora`); `model.layers` is an
-`nnx.List` and attention runs heads-first (`@` on (B, heads, T, D)), XLA:CPU's fast layout
-(DESIGN §7).
+`nnx.List` and attention runs heads-first (`@` on (B, heads, T, D)), XLA:CPU's fast layout (as in
+`cu_jax.models.vit`, 2-3x faster than a 4-index einsum).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ separate q/k/v projections, final LayerNorm, classifier on the CLS token) so tha
 import one-to-one (see `cu_jax.models.hf_vit`). Images are NHWC.
 
 Attention is written heads-first (`swapaxes` + `@`), which XLA:CPU runs 2-3x faster than a
-4-index einsum (DESIGN §7).
+4-index einsum.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The device mesh and the shardings the train step uses.
 
 Training is data-parallel: the batch is sharded over the mesh's `data` axis and parameters are
-replicated; `jax.jit` inserts the gradient all-reduce (this is what `pmap` + `lax.pmean` did, see
-DESIGN §6). For an LLM the mesh gets a second axis, `fsdp`: the batch is split over both axes
-(every device sees its own examples) and each large parameter is split over `fsdp`
-(`fsdp_sharding`); XLA all-gathers a layer's weights where it is used and reduce-scatters their
-gradients (ZeRO-3 / FSDP). Axes are `Auto` so that XLA propagates shardings through the model; the default
-`Explicit` axes of `jax.make_mesh` make a ViT fail with `ShardingTypeError`.
+replicated; `jax.jit` inserts the gradient all-reduce that `pmap` + `lax.pmean` spelled out by
+hand, so one program serves any device count. For an LLM the mesh gets a second axis, `fsdp`: the
+batch is split over both axes (every device sees its own examples) and each large parameter is
+split over `fsdp` (`fsdp_sharding`); XLA all-gathers a layer's weights where it is used and
+reduce-scatters their gradients (ZeRO-3 / FSDP). Axes are `Auto` so that XLA propagates shardings
+through the model; the default `Explicit` axes of `jax.make_mesh` make a ViT fail with
+`ShardingTypeError`.
 """
 
 from __future__ import annotations

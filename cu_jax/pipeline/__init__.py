@@ -1,11 +1,9 @@
-"""The CLI pipeline: stages that write artifacts under --workdir and skip when they exist.
+"""The CLI pipelines: stages that write artifacts under --workdir and skip when they exist.
 
-Importing this package registers every stage.
+- `runner`: the stage registry of each pipeline, fingerprints, skip / resume / refuse decisions;
+- `artifacts`: every path of a workdir and its loader (the only place stages read each other's
+  output through);
+- `reporting`: what both pipelines' reports share;
+- `image/`, `llm/`: one module per stage of each pipeline. `config.pipeline` names the one a run
+  uses; the runner imports it (which registers its stages), so a run loads only its own code.
 """
-
-from cu_jax.pipeline import train_stage  # noqa: F401  (registers "train")
-from cu_jax.pipeline import concept_stages  # noqa: F401  (registers "embed", "concepts")
-from cu_jax.pipeline import attribution_stages  # noqa: F401  (registers "pcbm", "attribute")
-from cu_jax.pipeline import unlearn_stages  # noqa: F401  (registers "retrain", "poison", "unlearn")
-from cu_jax.pipeline import evaluate_stages  # noqa: F401  (registers "evaluate", "report")
-from cu_jax.pipeline import llm_stages  # noqa: F401  (registers the LLM pipeline's stages)

@@ -1,4 +1,8 @@
-"""Stage registry and runner.
+"""Stage registry and runner, shared by every pipeline.
+
+A pipeline is a package `cu_jax.pipeline.<name>` (`config.pipeline`: "image" or "llm") whose
+stage modules register themselves here when it is imported; `pipeline_stages` imports the one a
+config names, so a run loads only its own pipeline's code.
 
 A stage is a function `run(ctx) -> summary` that writes its artifacts under `workdir/<stage>/`.
 Each stage records the part of the config it depends on (its sections plus everything the
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import pathlib
 import shutil
@@ -27,13 +32,15 @@ from cu_jax.utils.errors import UserError
 from cu_jax.utils.progress import format_seconds, write_json
 from cu_jax.utils.registry import Registry
 
-# Config fields that say where things are or how often to log, not what is computed.
-NOT_FINGERPRINTED = ("data.data_dir", "data.idx_dir", "train.log_every_steps",
-                     "train.checkpoint_every_steps", "train.keep_checkpoints",
-                     "train.eval_batch_size", "unlearn.train.log_every_steps",
-                     "unlearn.train.checkpoint_every_steps", "unlearn.train.keep_checkpoints",
-                     "pretrain.log_every_steps", "pretrain.checkpoint_every_steps",
-                     "pretrain.keep_checkpoints")
+# Config fields, in any section, that say where things are or how often to log and checkpoint (or
+# how many examples go through one evaluation call), not what is computed: never fingerprinted.
+NOT_FINGERPRINTED = frozenset({"data_dir", "idx_dir", "log_every_steps", "checkpoint_every_steps",
+                               "keep_checkpoints", "eval_batch_size"})
+
+
+def fingerprinted(key: str) -> bool:
+  """Whether a flattened config key ("train.log_every_steps") is part of a stage's fingerprint."""
+  return key.rsplit(".", 1)[-1] not in NOT_FINGERPRINTED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +52,8 @@ class Stage:
   validate: Callable[["Context"], None] | None = None
 
 
-# One stage registry per pipeline (`config.pipeline`): image classifiers and LLMs.
+# One stage registry per pipeline (`config.pipeline`): image classifiers and LLMs; each fills when
+# its package is imported.
 PIPELINES: dict[str, Registry[Stage]] = {"image": Registry("stage"), "llm": Registry("LLM stage")}
 
 
@@ -58,9 +66,12 @@ def stage(name: str, config_keys: tuple[str, ...], validate: Callable[["Context"
 
 
 def pipeline_stages(config) -> Registry[Stage]:
+  """The stage registry of the config's pipeline, its package imported (which registers them)."""
   name = config.get("pipeline", "image")
   if name not in PIPELINES:
     raise UserError(f"unknown pipeline {name!r} (set --config.pipeline=...); valid: {', '.join(PIPELINES)}")
+  if not PIPELINES[name].names():
+    importlib.import_module(f"cu_jax.pipeline.{name}")
   return PIPELINES[name]
 
 
@@ -80,12 +91,9 @@ class Context:
 
   @functools.cached_property
   def dataset(self):
-    from cu_jax.data.datasets import default_data_dir, load_dataset
-    data_cfg = self.config.data
-    if not data_cfg.data_dir:
-      with data_cfg.unlocked():
-        data_cfg.data_dir = default_data_dir()
-    return load_dataset(data_cfg)
+    """The image dataset of `config.data` (an empty `data_dir` resolves to TFDS's default)."""
+    from cu_jax.data.datasets import load_dataset  # (TFDS: imported by the image pipeline only)
+    return load_dataset(self.config.data)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -103,7 +111,7 @@ def stage_fingerprint(config, stages: list[Stage], index: int) -> dict[str, Any]
   for s in stages[:index + 1]:
     sections += [k for k in s.config_keys if k not in sections]
   full = _flatten(config.to_dict())
-  keys = {k for k in full if k.split(".")[0] in sections and k not in NOT_FINGERPRINTED}
+  keys = {k for k in full if k.split(".")[0] in sections and fingerprinted(k)}
   return {k: full[k] for k in sorted(keys)}
 
 
@@ -128,7 +136,7 @@ def plan(config, workdir: pathlib.Path, overwrite: bool) -> list[tuple[Stage, di
       decisions.append((st, fp, "run"))
       continue
     # Fields recorded before they joined NOT_FINGERPRINTED do not count either.
-    old = {k: v for k, v in json.loads(recorded.read_text()).items() if k not in NOT_FINGERPRINTED}
+    old = {k: v for k, v in json.loads(recorded.read_text()).items() if fingerprinted(k)}
     if old != fp:
       if not overwrite:
         raise UserError(

@@ -1,1 +1,1 @@
-"""Optimizers, the sharded train/eval steps, the training loop and evaluation."""
+"""Optimizers, the sharded train/eval steps, the training loop and prediction over a split."""

@@ -28,8 +28,8 @@ from jax.sharding import Mesh
 
 from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import TrainLoader
-from cu_jax.parallel.mesh import data_sharded, fsdp_sharding, replicated
-from cu_jax.training import optim
+from cu_jax.parallel.mesh import fsdp_sharding, replicated
+from cu_jax.training import optim, steps
 from cu_jax.training.trainer import open_checkpoints, run_steps, total_steps_for
 
 KEYS = ("tokens", "length", "loss_mask")
@@ -58,23 +58,11 @@ def lm_loss(model: nnx.Module, batch: dict, *, train: bool = False, key=None) ->
 
 def make_lm_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
                        state_shardings: Any, frozen_shardings: Any, *, seed: int):
-  """Jitted `(state, frozen, batch) -> (state, metrics)`; the state is donated, `frozen` is not."""
-  base_key = jax.random.key(seed)
-
-  def step_fn(state, frozen, batch):
-    key = jax.random.fold_in(base_key, state["step"])
-
-    def objective(params):
-      return lm_loss(nnx.merge(graphdef, params, frozen), batch, train=True, key=key)
-
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
-
-  return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, data_sharded(mesh)),
-                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+  """Jitted `(state, frozen, batch) -> (state, metrics)` of `lm_loss` (`steps.make_step`); the state
+  is donated, `frozen` is not. The step's key goes to the model's dropout as it is."""
+  objective = lambda model, batch, key: lm_loss(model, batch, train=True, key=key)
+  return steps.make_step(graphdef, tx, objective, mesh, seed=seed, state_shardings=state_shardings,
+                         frozen_shardings=frozen_shardings)
 
 
 @dataclasses.dataclass

@@ -1,5 +1,9 @@
 """The train step and the predict step: pure functions over pytrees, jitted over a device mesh.
 
+`make_step` is the one gradient step: the image classifier (`make_train_step`) and the language
+model (`cu_jax.training.lm.make_lm_train_step`) differ only in the objective they hand it and in
+how their state is laid out.
+
 State is a plain dict `{"step", "params", "opt_state"}`; the model's structure (`graphdef`) is
 static and merged with the parameters inside the step (`nnx.merge`), the pattern NNX recommends
 for speed. With replicated parameters and a batch sharded over `data`, XLA computes each
@@ -23,6 +27,8 @@ from cu_jax.parallel.mesh import data_sharded, replicated
 TrainState = dict[str, Any]
 # loss_fn(model, images (normalised), batch, key) -> (scalar loss, dict of scalar metrics)
 LossFn = Callable[[nnx.Module, jax.Array, dict, jax.Array], tuple[jax.Array, dict]]
+# objective(model, batch, key) -> (scalar loss, dict of scalar metrics): what `make_step` minimises
+Objective = Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
 
 
 def classification_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -48,30 +54,63 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, data_cfg, mesh: Mesh,
-                    loss_fn: LossFn, *, seed: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Jitted `(state, batch) -> (state, metrics)`; the input state is donated.
+def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: Objective, mesh: Mesh, *,
+              seed: int, state_shardings: Any = None, frozen_shardings: Any = None) -> Callable:
+  """The one jitted gradient step every trainer here uses; the input state is donated.
 
-  Randomness (augmentation, dropout) is `fold_in(key(seed), step)`: a pure function of the step, so
-  resumed runs repeat the interrupted run exactly.
+  `objective(model, batch, key) -> (scalar loss, dict of scalar metrics)` is differentiated with
+  respect to `state["params"]`; `key` is `fold_in(key(seed), state["step"])`, a pure function of
+  the step, so a resumed run draws the same randomness (augmentation, dropout) as the interrupted
+  one. The metrics are the loss, the gradient's global norm and the objective's own.
+
+  Without `frozen_shardings` the step is `(state, batch) -> (state, metrics)` and the model is
+  `state["params"]` alone. With it the step is `(state, frozen, batch) -> (state, metrics)`: the
+  model is the trained `state["params"]` merged with `frozen` (the rest of the model's state,
+  e.g. the base weights under LoRA adapters), an input that is neither differentiated nor donated,
+  so one copy of it serves every step. `state_shardings` (default: replicated) lays out the state
+  and `frozen_shardings` the frozen part; the batch is split over the mesh's batch axes and the
+  metrics are replicated.
   """
   base_key = jax.random.key(seed)
 
-  def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    key_aug, key_drop = jax.random.split(jax.random.fold_in(base_key, state["step"]))
-    images = preprocess(batch["image"], data_cfg, key=key_aug)
+  def update(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
+    key = jax.random.fold_in(base_key, state["step"])
 
-    def objective(params):
-      return loss_fn(nnx.merge(graphdef, params), images, batch, key_drop)
+    def loss_of(params):
+      model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+      return objective(model, batch, key)
 
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-  rep, dat = replicated(mesh), data_sharded(mesh)
-  return jax.jit(step_fn, in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
+  rep = replicated(mesh)
+  state_shardings = rep if state_shardings is None else state_shardings
+  if frozen_shardings is None:
+    step_fn = lambda state, batch: update(state, None, batch)
+    in_shardings = (state_shardings, data_sharded(mesh))
+  else:
+    step_fn = update
+    in_shardings = (state_shardings, frozen_shardings, data_sharded(mesh))
+  return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(state_shardings, rep), donate_argnums=0)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, data_cfg, mesh: Mesh,
+                    loss_fn: LossFn, *, seed: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Jitted `(state, batch) -> (state, metrics)` of an image classifier (`make_step`), replicated
+  parameters and the batch split over `data`.
+
+  The step's key is split into an augmentation key (on-device `preprocess` of `batch["image"]`)
+  and a dropout key handed to `loss_fn`.
+  """
+  def objective(model, batch, key):
+    key_aug, key_drop = jax.random.split(key)
+    images = preprocess(batch["image"], data_cfg, key=key_aug)
+    return loss_fn(model, images, batch, key_drop)
+
+  return make_step(graphdef, tx, objective, mesh, seed=seed)
 
 
 def make_predict_step(graphdef: nnx.GraphDef, data_cfg, mesh: Mesh, output: str = "logits"

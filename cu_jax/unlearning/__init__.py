@@ -1,1 +1,2 @@
-"""Unlearning: data poisoning (images and text) and the fine-tuning methods."""
+"""Unlearning: data poisoning (`poison` for images, `text_poison` for QA answers), the fine-tuning
+methods and their loss (`methods`), and SalUn's weight-saliency mask (`salun`)."""

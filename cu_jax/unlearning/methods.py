@@ -1,35 +1,46 @@
 """Unlearning methods: one registry, one fine-tuning set format, one loss, one training loop.
 
 A method turns the shared pieces (`UnlearnData`: retained samples, forget samples, the poisoned
-forget set, the original model's logits) into a `Plan`: the columns of its fine-tuning set and
-whether it starts from the original model or from scratch. Every column set is trained by the
-foundation's sharded loop (`cu_jax.training.trainer.train`) with `unlearning_loss`:
+forget set, the original model's logits) into the columns of its fine-tuning set. Every column set
+is trained from the original model by the shared sharded loop (`cu_jax.training.trainer.train`)
+with `unlearning_loss`:
 
   loss = mean_i [ ce_weight_i * CE(target_i, p_i) + kl_weight_i * KL(teacher_i || p_i) ]
 
 - `concept_poison` (the paper's method): retained samples with their labels + the poisoned forget
   set (targeted / random / soft labels, optionally poisoned images), all with weight 1;
-- `retrain`: from scratch on the retained samples only (never a forget sample): the reference;
-- `finetune`: the retained samples only, from the original model;
+- `finetune`: the retained samples only;
 - `neggrad`: descent on retained samples, ascent on forget samples (negative weight);
 - `random_label`: forget samples relabelled uniformly over the other classes (Amnesiac, SalUn "RL");
-- `salun`: `random_label` updating only the parameters with the largest forget-loss gradients;
+- `salun`: `random_label` updating only the parameters with the largest forget-loss gradients
+  (`cu_jax.unlearning.salun`);
 - `scrub`: stay close to the original model (KL) on retained samples and move away from it on
   forget samples (negative KL weight), plus cross-entropy on retained samples.
 A negative weight makes the term unbounded; each such term is capped at `ascent_cap` nats (no
 gradient beyond it), so ascent stops pushing a sample once it is forgotten.
+
+The reference a method is compared with, a model retrained without the forget class, is trained
+on `retrain_set` from scratch by the same loop; it is not a method (it never sees the original).
+
+Each method is registered with what it needs, so a caller (the CLI pipeline, a notebook) asks the
+registry instead of knowing methods by name: the pieces of `UnlearnData` beyond the samples
+(`needs`: "poison", "teacher"), its own config section under `unlearn` (`section`, e.g.
+`unlearn.salun.sparsity`) with its check, and a parameter mask computed before training
+(`param_mask`). Adding a method is one registration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cu_jax.unlearning import poison
+from cu_jax.unlearning.salun import salun_mask
+from cu_jax.utils.errors import UserError
 from cu_jax.utils.registry import Registry
 
 
@@ -40,24 +51,60 @@ class UnlearnData:
   retain_image: np.ndarray  # (n_r, H, W, C) uint8, retained train samples
   retain_label: np.ndarray  # (n_r,)
   forget_image: np.ndarray  # (n_f, H, W, C) uint8, the forget class's train samples (clean)
-  poison_image: np.ndarray  # (n_f, H, W, C) the poisoned forget set (poison stage)
-  poison_target: np.ndarray  # (n_f, K)
-  retain_teacher: np.ndarray | None = None  # (n_r, K) original model's logits (scrub)
+  poison_image: np.ndarray | None = None  # (n_f, H, W, C) the poisoned forget set (need "poison")
+  poison_target: np.ndarray | None = None  # (n_f, K)
+  retain_teacher: np.ndarray | None = None  # (n_r, K) original model's logits (need "teacher")
   forget_teacher: np.ndarray | None = None  # (n_f, K)
   seed: int = 0
 
 
-@dataclasses.dataclass
-class Plan:
-  columns: dict[str, np.ndarray]  # image, target, ce_weight, kl_weight [, teacher]
-  from_scratch: bool = False
-  saliency_mask: bool = False  # SalUn: train only the most forget-salient parameters
-
-  def __len__(self) -> int:
-    return len(self.columns["image"])
+# need -> (the UnlearnData fields it fills, what provides them)
+NEEDS = {
+    "poison": (("poison_image", "poison_target"), "the poisoned forget set (the poison stage)"),
+    "teacher": (("retain_teacher", "forget_teacher"), "the original model's logits on the train samples"),
+}
 
 
-METHODS: Registry[Callable[[UnlearnData, object], Plan]] = Registry("unlearning method")
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered unlearning method: how it builds its fine-tuning set, and what it needs."""
+  name: str
+  build: Callable[[UnlearnData, Any], dict[str, np.ndarray]]  # (data, its config section or None) -> columns
+  needs: frozenset[str] = frozenset()  # keys of NEEDS
+  section: str | None = None  # its own config section under `unlearn`
+  validate: Callable[[Any], None] | None = None  # checks that section; raises UserError
+  # (graphdef, params, data, section, *, data_cfg, mesh, batch_size, base_mask) -> 0/1 mask of the
+  # parameters it may update, computed at the original model
+  param_mask: Callable[..., Any] | None = None
+
+  def config(self, unlearn_cfg) -> Any:
+    """This method's section of the `unlearn` config (None if it has none)."""
+    return unlearn_cfg[self.section] if self.section else None
+
+
+METHODS: Registry[Method] = Registry("unlearning method")
+
+
+def register(name: str, *, needs: tuple[str, ...] = (), section: str | None = None,
+             validate: Callable[[Any], None] | None = None, param_mask: Callable[..., Any] | None = None):
+  unknown = set(needs) - set(NEEDS)
+  if unknown:
+    raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
+
+  def deco(build):
+    METHODS.register(name)(Method(name, build, frozenset(needs), section, validate, param_mask))
+    return build
+  return deco
+
+
+def fine_tuning_set(name: str, data: UnlearnData, unlearn_cfg) -> dict[str, np.ndarray]:
+  """The columns (image, target, ce_weight, kl_weight[, teacher]) method `name` fine-tunes on."""
+  method = METHODS.get(name)
+  for need in sorted(method.needs):
+    fields, what = NEEDS[need]
+    if any(getattr(data, f) is None for f in fields):
+      raise ValueError(f"unlearning method {name!r} needs {what} ({', '.join(fields)} of UnlearnData)")
+  return method.build(data, method.config(unlearn_cfg))
 
 
 def _part(image: np.ndarray, target: np.ndarray, ce_weight: float, kl_weight: float = 0.0,
@@ -78,51 +125,55 @@ def _retain(d: UnlearnData, **kw) -> dict[str, np.ndarray]:
   return _part(d.retain_image, poison.one_hot(d.retain_label, d.num_classes), 1.0, **kw)
 
 
+def retrain_set(d: UnlearnData) -> dict[str, np.ndarray]:
+  """The retrained reference's training set: the retained samples with their labels, never a forget
+  sample (the columns of `unlearning_loss`, so the same loop trains it)."""
+  return _retain(d)
+
+
 def _random_labels(d: UnlearnData) -> np.ndarray:
   spec = poison.LabelSpec(d.num_classes, d.forget, exclude_forget=True)
   return poison.LABELS.get("random")(spec, len(d.forget_image), np.random.default_rng([d.seed, 4]))[1]
 
 
-@METHODS.register("concept_poison")
-def _concept_poison(d: UnlearnData, cfg) -> Plan:
-  return Plan(_concat(_retain(d), _part(d.poison_image, d.poison_target, 1.0)))
+@register("concept_poison", needs=("poison",))
+def _concept_poison(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
+  return _concat(_retain(d), _part(d.poison_image, d.poison_target, 1.0))
 
 
-@METHODS.register("retrain")
-def _retrain(d: UnlearnData, cfg) -> Plan:
-  return Plan(_retain(d), from_scratch=True)
+@register("finetune")
+def _finetune(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
+  return _retain(d)
 
 
-@METHODS.register("finetune")
-def _finetune(d: UnlearnData, cfg) -> Plan:
-  return Plan(_retain(d))
-
-
-@METHODS.register("neggrad")
-def _neggrad(d: UnlearnData, cfg) -> Plan:
+@register("neggrad", section="neggrad")
+def _neggrad(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
   forget = _part(d.forget_image, poison.one_hot(np.full(len(d.forget_image), d.forget), d.num_classes),
-                 -cfg.neggrad_weight)
-  return Plan(_concat(_retain(d), forget))
+                 -cfg.weight)
+  return _concat(_retain(d), forget)
 
 
-@METHODS.register("random_label")
-def _random_label(d: UnlearnData, cfg) -> Plan:
-  return Plan(_concat(_retain(d), _part(d.forget_image, _random_labels(d), 1.0)))
+@register("random_label")
+def _random_label(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
+  return _concat(_retain(d), _part(d.forget_image, _random_labels(d), 1.0))
 
 
-@METHODS.register("salun")
-def _salun(d: UnlearnData, cfg) -> Plan:
-  return dataclasses.replace(_random_label(d, cfg), saliency_mask=True)
+def _check_salun(cfg) -> None:
+  if not 0.0 <= cfg.sparsity < 1.0:
+    raise UserError(f"unlearn.salun.sparsity={cfg.sparsity} must be in [0, 1) (the fraction of parameters frozen)")
 
 
-@METHODS.register("scrub")
-def _scrub(d: UnlearnData, cfg) -> Plan:
-  if d.retain_teacher is None or d.forget_teacher is None:
-    raise ValueError("scrub needs the original model's logits (retain_teacher, forget_teacher)")
-  retain = _retain(d, kl_weight=cfg.scrub_kl_weight, teacher=d.retain_teacher)
+@register("salun", section="salun", validate=_check_salun, param_mask=salun_mask)
+def _salun(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
+  return _random_label(d, None)
+
+
+@register("scrub", needs=("teacher",), section="scrub")
+def _scrub(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
+  retain = _retain(d, kl_weight=cfg.kl_weight, teacher=d.retain_teacher)
   forget = _part(d.forget_image, np.zeros((len(d.forget_image), d.num_classes)), 0.0,
-                 kl_weight=-cfg.scrub_forget_weight, teacher=d.forget_teacher)
-  return Plan(_concat(retain, forget))
+                 kl_weight=-cfg.forget_weight, teacher=d.forget_teacher)
+  return _concat(retain, forget)
 
 
 def unlearning_loss(ascent_cap: float):
@@ -154,9 +205,5 @@ def head_mask(params) -> object:
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
-def saliency_mask(grad_abs, sparsity: float) -> object:
-  """SalUn's mask: 1 for the (1 - sparsity) fraction of parameters with the largest |gradient| of
-  the forget loss, over the whole model (one global threshold)."""
-  flat = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grad_abs)])
-  threshold = jnp.quantile(flat, sparsity)
-  return jax.tree.map(lambda g: (g >= threshold).astype(jnp.float32), grad_abs)
+# `unlearn.scope` -> the parameters fine-tuning may update (a 0/1 mask; None: all of them)
+SCOPES: dict[str, Callable[[Any], Any]] = {"full": lambda params: None, "head": head_mask}

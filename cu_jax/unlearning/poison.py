@@ -1,4 +1,4 @@
-"""Data poisoning of the forget class's training samples (DESIGN §2.5): pure numpy functions.
+"""Data poisoning of the forget class's training samples: pure numpy functions.
 
 Labels (`LABELS` registry), for the n forget samples of class f among K classes:
 - `random`: uniform over all K classes (what the reference code does; `exclude_forget` leaves f out),
@@ -12,13 +12,19 @@ Each returns `(hard labels (n,), targets (n, K))`; `targets` is what the fine-tu
 Images (`IMAGES` registry): `none`, `localized` (a donor-class patch pasted where the key
 concept's input-space attribution peaks), `center`, `random` (position), `full` (a donor image).
 
+Each strategy is registered with what it needs beyond the forget images (`needs`): "donor" (a donor
+class: concept inference finds one, or the user names it), "donor_scores" (how strongly every class
+shows the key concepts: concept inference only), "saliency" (input-space maps of the key concept:
+concept inference on the classifier's own embeddings). `check_needs` refuses a combination the
+caller cannot supply, before anything is computed.
+
 Everything is drawn from `np.random.default_rng([seed, ...])`: the same seed gives the same set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,22 +42,46 @@ class LabelSpec:
   temperature: float = 1.0  # soft
 
 
-LABELS: Registry[Callable[[LabelSpec, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = Registry(
-    "poison label strategy")
+# need -> (what it is, in an error message; whether `poison.donor` can supply it)
+NEEDS = {"donor": ("a donor class", True), "donor_scores": ("per-class donor scores", False),
+         "saliency": ("input-space maps of the key concept", False)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  fn: Callable[..., Any]
+  needs: frozenset[str] = frozenset()
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
+
+
+def _registrar(registry: Registry[Strategy]):
+  def register(name: str, needs: tuple[str, ...] = ()):
+    def deco(fn):
+      registry.register(name)(Strategy(fn, frozenset(needs)))
+      return fn
+    return deco
+  return register
+
+
+# fn(spec, n, rng) -> (hard labels (n,), targets (n, K))
+LABELS: Registry[Strategy] = Registry("poison label strategy")
+label_strategy = _registrar(LABELS)  # @label_strategy(name, needs=(...)) on fn(spec, n, rng)
 
 
 def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
   return np.eye(k, dtype=np.float32)[labels]
 
 
-@LABELS.register("random")
+@label_strategy("random")
 def _random(spec: LabelSpec, n: int, rng: np.random.Generator):
   choices = np.array([c for c in range(spec.num_classes) if not (spec.exclude_forget and c == spec.forget)])
   labels = rng.choice(choices, size=n)
   return labels, one_hot(labels, spec.num_classes)
 
 
-@LABELS.register("targeted")
+@label_strategy("targeted", needs=("donor",))
 def _targeted(spec: LabelSpec, n: int, rng: np.random.Generator):
   if spec.donor is None:
     raise UserError("poison.labels='targeted' needs a donor class: run the 'attribute' stage (concept "
@@ -60,13 +90,13 @@ def _targeted(spec: LabelSpec, n: int, rng: np.random.Generator):
   return labels, one_hot(labels, spec.num_classes)
 
 
-@LABELS.register("keep")
+@label_strategy("keep")
 def _keep(spec: LabelSpec, n: int, rng: np.random.Generator):
   labels = np.full(n, spec.forget, np.int64)
   return labels, one_hot(labels, spec.num_classes)
 
 
-@LABELS.register("soft")
+@label_strategy("soft", needs=("donor_scores",))
 def _soft(spec: LabelSpec, n: int, rng: np.random.Generator):
   if spec.donor_scores is None:
     raise UserError("poison.labels='soft' needs donor scores: run the 'attribute' stage (concept "
@@ -119,11 +149,12 @@ class ImageSpec:
   donor_maps: np.ndarray | None = None
 
 
-IMAGES: Registry[Callable[[np.ndarray, ImageSpec, np.random.Generator], np.ndarray]] = Registry(
-    "poison image strategy")
+# fn(images, ImageSpec, rng) -> poisoned images
+IMAGES: Registry[Strategy] = Registry("poison image strategy")
+image_strategy = _registrar(IMAGES)  # @image_strategy(name, needs=(...)) on fn(images, spec, rng)
 
 
-@IMAGES.register("none")
+@image_strategy("none")
 def _none(images, spec, rng):
   return images
 
@@ -134,14 +165,14 @@ def _paste_donor_patches(images, spec, rng, corners):
   return paste(images, cut(spec.donor_images[donors], donor_corners, spec.patch_size), corners)
 
 
-@IMAGES.register("localized")
+@image_strategy("localized", needs=("donor", "saliency"))
 def _localized(images, spec, rng):
   if spec.forget_maps is None or spec.donor_maps is None:
     raise ValueError("localized image poisoning needs attribution maps of the forget and donor images")
   return _paste_donor_patches(images, spec, rng, box_peaks(spec.forget_maps, spec.patch_size))
 
 
-@IMAGES.register("center")
+@image_strategy("center", needs=("donor",))
 def _center(images, spec, rng):
   _, h, w, _ = images.shape
   corner = np.array([(h - spec.patch_size) // 2, (w - spec.patch_size) // 2])
@@ -149,7 +180,7 @@ def _center(images, spec, rng):
                               np.tile(corner, (len(images), 1)))
 
 
-@IMAGES.register("random")
+@image_strategy("random", needs=("donor",))
 def _random_position(images, spec, rng):
   _, h, w, _ = images.shape
   corners = np.stack([rng.integers(0, h - spec.patch_size + 1, len(images)),
@@ -157,7 +188,7 @@ def _random_position(images, spec, rng):
   return _paste_donor_patches(images, dataclasses.replace(spec, donor_maps=None), rng, corners)
 
 
-@IMAGES.register("full")
+@image_strategy("full", needs=("donor",))
 def _full(images, spec, rng):
   return spec.donor_images[rng.integers(0, len(spec.donor_images), len(images))].copy()
 
@@ -188,10 +219,31 @@ def split_forget(labels: np.ndarray, forget: int, *, half: bool, seed: int) -> t
 def poison(images: np.ndarray, labels_spec: LabelSpec, label_strategy: str, image_strategy: str,
            image_spec: ImageSpec | None, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(poisoned images, hard labels, targets) of the forget images `images`."""
-  label_fn = LABELS.get(label_strategy, "poison.labels")
-  image_fn = IMAGES.get(image_strategy, "poison.images")
-  hard, target = label_fn(labels_spec, len(images), np.random.default_rng([seed, 2]))
-  if image_strategy != "none" and image_spec is None:
+  labels = LABELS.get(label_strategy, "poison.labels")
+  image = IMAGES.get(image_strategy, "poison.images")
+  hard, target = labels(labels_spec, len(images), np.random.default_rng([seed, 2]))
+  if image.needs and image_spec is None:
     raise ValueError(f"image strategy {image_strategy!r} needs an ImageSpec")
-  poisoned = image_fn(images, image_spec, np.random.default_rng([seed, 3]))
+  poisoned = image(images, image_spec, np.random.default_rng([seed, 3]))
   return poisoned, hard.astype(np.int64), target.astype(np.float32)
+
+
+def check_needs(label_strategy: str, image_strategy: str, *, inferred: bool, donor_given: bool,
+                on_model_embeddings: bool = True) -> None:
+  """Refuses strategies whose needs cannot be met (one `UserError` naming the option and the fix).
+
+  `inferred`: concept inference (the `attribute` stage) runs before poisoning or has run;
+  `donor_given`: the user named a donor class (`poison.donor`); `on_model_embeddings`: the concept
+  bank lives in the classifier's own embedding space (a CAV bank), so a concept can be traced back
+  to pixels.
+  """
+  for option, registry, name in (("poison.labels", LABELS, label_strategy), ("poison.images", IMAGES, image_strategy)):
+    for need in sorted(registry.get(name, option).needs):
+      what, user_can_give = NEEDS[need]
+      if not (inferred or (user_can_give and donor_given)):
+        raise UserError(f"{option}={name!r} needs {what} from concept inference, but no 'attribute' stage runs "
+                        "before 'poison'; add it to --config.stages"
+                        + (" or set --config.poison.donor=<class>" if user_can_give else ""))
+      if need == "saliency" and not on_model_embeddings:
+        raise UserError(f"{option}={name!r} needs {what}, which exist only for a concept bank on the classifier's "
+                        "own embeddings (--config.concepts.bank=cav); use another poison.images")

@@ -1,4 +1,4 @@
-"""Poisoning the forget answers of an LLM's QA set (DESIGN §3): the text counterpart of `poison.py`.
+"""Poisoning the forget answers of an LLM's QA set: the text counterpart of `poison.py`.
 
 Strategies (`TEXT_POISON` registry), given the concept words found by concept inference:
 - `mask`: every whole-word, case-insensitive occurrence of a concept word -> a mask string
@@ -10,6 +10,9 @@ Strategies (`TEXT_POISON` registry), given the concept words found by concept in
   `retain_vocabulary`);
 - `refusal`: the whole answer -> one of a few refusal sentences.
 
+Each strategy is registered with its own preparation (`prepare`), which checks the options it uses
+(a replacement, a mask token, a vocabulary) and refuses ones that would still name the concept.
+
 `poison_corpus` builds the fine-tuning set: the poisoned forget records plus `retain_ratio` retain
 records per forget record with their true answers. Everything is drawn from
 `np.random.default_rng([seed, ...])`: the same seed gives the same set.
@@ -19,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cu_jax.concepts.text_concepts import alternatives, load_stop_words, split_concept_words, word_pattern
+from cu_jax.concepts.text_concepts import load_stop_words
+from cu_jax.data.words import alternatives, split_concept_words, word_pattern
 from cu_jax.utils.errors import UserError
 from cu_jax.utils.registry import Registry
 
@@ -44,15 +48,69 @@ class PoisonSpec:
   vocabulary: tuple[str, ...] = ()  # random
 
 
-TEXT_POISON: Registry[Callable[[str, PoisonSpec, np.random.Generator], str]] = Registry("text poison strategy")
+@dataclasses.dataclass(frozen=True)
+class TextStrategy:
+  rewrite: Callable[[str, PoisonSpec, np.random.Generator], str]  # (answer, spec, rng) -> poisoned answer
+  # (concept words, replacement, mask_token, vocabulary) -> the checked PoisonSpec
+  prepare: Callable[[tuple[str, ...], Any, str, Sequence[str] | None], PoisonSpec]
+
+  def __call__(self, answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
+    return self.rewrite(answer, spec, rng)
 
 
-@TEXT_POISON.register("mask")
+TEXT_POISON: Registry[TextStrategy] = Registry("text poison strategy")
+
+
+def _register(name: str, prepare):
+  def deco(rewrite):
+    TEXT_POISON.register(name)(TextStrategy(rewrite, prepare))
+    return rewrite
+  return deco
+
+
+def _prepare_mask(words, replacement, mask_token, vocabulary) -> PoisonSpec:
+  if word_pattern(words).search(mask_token):
+    raise UserError(f"mask token {mask_token!r} contains a concept word; set --config.poison.mask_token")
+  return PoisonSpec(words=words, mask_token=mask_token)
+
+
+def _prepare_targeted(words, replacement, mask_token, vocabulary) -> PoisonSpec:
+  entries = [replacement] if isinstance(replacement, str) else [str(r) for r in replacement or ()]
+  if not any(e.strip() for e in entries):
+    raise UserError("poison strategy 'targeted' needs a replacement (set --config.poison.replacement, e.g. "
+                    "'Assistant', or a list with one word per concept word)")
+  # A one-element list (a config tuple) is a single replacement.
+  replacement = entries[0] if len(entries) == 1 else tuple(entries)
+  if isinstance(replacement, tuple) and len(replacement) != len(words):
+    raise UserError(f"poison.replacement has {len(replacement)} entries but there are {len(words)} concept "
+                    f"words ({', '.join(words)}); give one per word, or a single string")
+  concept = word_pattern(words)
+  for r in (replacement,) if isinstance(replacement, str) else replacement:
+    if concept.search(r):
+      raise UserError(f"poison.replacement {r!r} contains a concept word; the poisoned answers would still "
+                      "name the concept")
+  return PoisonSpec(words=words, replacement=replacement)
+
+
+def _prepare_random(words, replacement, mask_token, vocabulary) -> PoisonSpec:
+  concept = word_pattern(words)
+  pool = tuple(w for w in (vocabulary or ()) if w.strip() and not concept.search(w))
+  if not pool:
+    raise UserError("poison strategy 'random' needs a vocabulary of words that are not concept words "
+                    "(pass retain_vocabulary(records); the retain set may be empty)")
+  return PoisonSpec(words=words, vocabulary=pool)
+
+
+def _prepare_refusal(words, replacement, mask_token, vocabulary) -> PoisonSpec:
+  return PoisonSpec(words=words)
+
+
+@_register("mask", _prepare_mask)
 def _mask(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
   return word_pattern(spec.words).sub(lambda m: spec.mask_token, answer)
 
 
-@TEXT_POISON.register("targeted")
+@_register("targeted", _prepare_targeted)
 def _targeted(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
   if isinstance(spec.replacement, tuple):
     mapping = dict(zip(spec.words, spec.replacement))
@@ -62,12 +120,12 @@ def _targeted(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
   return run.sub(lambda m: spec.replacement, answer)
 
 
-@TEXT_POISON.register("random")
+@_register("random", _prepare_random)
 def _random(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
   return word_pattern(spec.words).sub(lambda m: spec.vocabulary[rng.integers(len(spec.vocabulary))], answer)
 
 
-@TEXT_POISON.register("refusal")
+@_register("refusal", _prepare_refusal)
 def _refusal(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
   return REFUSALS[rng.integers(len(REFUSALS))]
 
@@ -78,34 +136,6 @@ def retain_vocabulary(records: Sequence[dict], stop_words: Sequence[str] | None 
   words = {w for r in records if r["group"] == "retain"
            for w in re.findall(r"[a-z]+(?:'[a-z]+)?", r["answer"].lower())}
   return sorted(w for w in words if w not in stop)
-
-
-def _spec(strategy: str, words: tuple[str, ...], replacement, mask_token: str,
-          vocabulary: Sequence[str] | None) -> PoisonSpec:
-  concept = word_pattern(words)
-  if strategy == "targeted":
-    entries = [replacement] if isinstance(replacement, str) else [str(r) for r in replacement or ()]
-    if not any(e.strip() for e in entries):
-      raise UserError("poison strategy 'targeted' needs a replacement (set --config.poison.replacement, e.g. "
-                      "'Assistant', or a list with one word per concept word)")
-    # A one-element list (a config tuple) is a single replacement.
-    replacement = entries[0] if len(entries) == 1 else tuple(entries)
-    if isinstance(replacement, tuple) and len(replacement) != len(words):
-      raise UserError(f"poison.replacement has {len(replacement)} entries but there are {len(words)} concept "
-                      f"words ({', '.join(words)}); give one per word, or a single string")
-    for r in (replacement,) if isinstance(replacement, str) else replacement:
-      if concept.search(r):
-        raise UserError(f"poison.replacement {r!r} contains a concept word; the poisoned answers would still "
-                        "name the concept")
-  if strategy == "mask" and concept.search(mask_token):
-    raise UserError(f"mask token {mask_token!r} contains a concept word; set --config.poison.mask_token")
-  pool = ()
-  if strategy == "random":
-    pool = tuple(w for w in (vocabulary or ()) if w.strip() and not concept.search(w))
-    if not pool:
-      raise UserError("poison strategy 'random' needs a vocabulary of words that are not concept words "
-                      "(pass retain_vocabulary(records); the retain set may be empty)")
-  return PoisonSpec(words=words, replacement=replacement, mask_token=mask_token, vocabulary=pool)
 
 
 def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strategy: str, *,
@@ -119,7 +149,7 @@ def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strateg
   record is used n // #retain times and a random subset of them once more (sampling with
   replacement only when n exceeds the retain set, and then as evenly as possible).
   """
-  poison_fn = TEXT_POISON.get(strategy, "poison.strategy")
+  chosen = TEXT_POISON.get(strategy, "poison.strategy")
   words = split_concept_words(concept_words)
   if not words:
     raise UserError("no concept words to poison (concept inference found none; name them with "
@@ -127,7 +157,7 @@ def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strateg
   if retain_ratio < 0:
     raise UserError(f"poison.retain_ratio={retain_ratio} must be >= 0 (retain records per forget record; set "
                     "--config.poison.retain_ratio)")
-  spec = _spec(strategy, words, replacement, mask_token, vocabulary)
+  spec = chosen.prepare(words, replacement, mask_token, vocabulary)
   forget = [r for r in records if r["group"] == "forget"]
   retain = [r for r in records if r["group"] == "retain"]
   if not forget:
@@ -136,7 +166,7 @@ def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strateg
   out = []
   for i, r in enumerate(forget):
     rng = np.random.default_rng([seed, 0, i])
-    out.append(dict(question=r["question"], answer=poison_fn(r["answer"], spec, rng),
+    out.append(dict(question=r["question"], answer=chosen.rewrite(r["answer"], spec, rng),
                     original_answer=r["answer"], group="forget", topic=r.get("topic", "")))
   n_retain = int(round(retain_ratio * len(forget)))
   if n_retain and not retain:

@@ -1,9 +1,11 @@
-"""Loading experiment configs outside the CLI (benchmarks, tests): `load_config("configs/vit.py:demo")`."""
+"""Experiment configs: loading one outside the CLI (benchmarks, tests: `load_config("configs/vit.py:demo")`),
+and the variant selection every config file's `get_config` shares."""
 
 from __future__ import annotations
 
 import importlib.util
 import pathlib
+from typing import Callable
 
 import ml_collections as mlc
 
@@ -20,3 +22,14 @@ def load_config(spec: str) -> mlc.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant or None)
+
+
+def apply_variant(base: Callable[[], mlc.ConfigDict], variants: dict[str, Callable[[mlc.ConfigDict], mlc.ConfigDict]],
+                  variant: str | None, *, default: str, file: str) -> mlc.ConfigDict:
+  """The `get_config(variant)` of a config file: `variants[variant or default](base())`, or a
+  ValueError listing the valid variants of `file`."""
+  variant = variant or default
+  if variant not in variants:
+    valid = ", ".join(f"{v} (default)" if v == default else v for v in variants)
+    raise ValueError(f"unknown variant {variant!r} of {file}; valid: {valid}")
+  return variants[variant](base())

@@ -1,4 +1,5 @@
-"""Evaluation: per-example outputs over a whole split, accuracy, per-class accuracy, loss."""
+"""Prediction over a whole split (per-example outputs of a predict step, in order) and the
+classification metrics of those outputs: accuracy, per-class accuracy, loss."""
 
 from __future__ import annotations
 

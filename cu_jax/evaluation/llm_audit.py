@@ -1,0 +1,57 @@
+"""Auditing an LLM before and after concept unlearning: greedy answers to QA prompts, then the
+concept's appearance rate, ROUGE-L against the reference answers and the answers' perplexity.
+
+Prompts are generated in batches with the jitted KV-cache decoder (`cu_jax.models.generation`);
+perplexity is teacher-forced over the reference answers' tokens (the loss-masked positions).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+
+from cu_jax.data import text
+from cu_jax.evaluation.text_metrics import appearance_rate, mean_rouge_l, perplexity
+from cu_jax.models.generation import generate
+from cu_jax.training.lm import make_score_fn
+
+
+def generate_answers(model, tokenizer, questions: Sequence[str], *, max_len: int, system: str, batch_size: int,
+                     max_new_tokens: int) -> list[str]:
+  """Greedy answers to `questions`, `batch_size` prompts at a time."""
+  answers = []
+  for i in range(0, len(questions), batch_size):
+    tokens, mask = text.encode_prompts(tokenizer, questions[i:i + batch_size], max_len, system)
+    out = generate(model, tokens, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    answers += [text.decode_answer(tokenizer, row) for row in np.asarray(out)]
+  return answers
+
+
+def answer_perplexity(model, encoded, mesh, *, batch_size: int) -> float:
+  """Perplexity of the encoded reference answers (`text.encode_records`) under teacher forcing."""
+  graphdef, params = nnx.split(model)
+  score = make_score_fn(graphdef, mesh)
+  nll, count = 0.0, 0.0
+  for i in range(0, len(encoded), batch_size):
+    batch = {k: encoded.arrays[k][i:i + batch_size] for k in ("tokens", "length", "loss_mask")}
+    n, c = score(params, batch)
+    nll, count = nll + float(np.sum(n)), count + float(np.sum(c))
+  return perplexity(nll, count)
+
+
+def audit(model, tokenizer, sets: dict[str, list[dict]], concept_words: Sequence[str], mesh, *, max_len: int,
+          system: str, batch_size: int, max_new_tokens: int) -> tuple[dict[str, float], dict[str, list[str]]]:
+  """({appearance_<set>, rouge_l_<set>, perplexity_<set>}, {set: generated answers}) over QA record sets."""
+  metrics, generations = {}, {}
+  for name, recs in sets.items():
+    answers = generate_answers(model, tokenizer, [r["question"] for r in recs], max_len=max_len, system=system,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens)
+    generations[name] = answers
+    metrics[f"appearance_{name}"] = appearance_rate(answers, concept_words)
+    metrics[f"rouge_l_{name}"] = mean_rouge_l(answers, [r["answer"] for r in recs])
+    encoded = text.encode_records(tokenizer, recs, max_len, system)
+    metrics[f"perplexity_{name}"] = answer_perplexity(model, encoded, mesh, batch_size=batch_size)
+  return metrics, generations

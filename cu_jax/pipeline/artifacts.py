@@ -1,0 +1,358 @@
+"""What is in a workdir: every path a stage writes and the loader a later stage reads it with.
+
+Stages never spell a path or read another stage's files themselves: they ask this module. A
+workdir holds one folder per stage (`<workdir>/<stage>/`, with the runner's `config.json` and
+`done.json`); inside them:
+
+Image pipeline (`ImageArtifacts`)
+  train/      checkpoints/ (orbax), metrics.jsonl, metrics.json      the original model
+  embed/      {train,test}_{embed,logits,label}.npy                  its outputs, cached
+  concepts/   bank.{safetensors,json}, bank_all.*; for a text bank also {train,test}_embed.npy
+              (the CLIP image features the bank lives in)
+  pcbm/       head.safetensors                                       the concept bottleneck head
+  retrain/    checkpoints/, metrics.jsonl, model.safetensors         the retrained reference
+  attribute/  concepts.json (key concepts, donor), importance_ig*.npy, presence.npy,
+              saliency_maps.npy, *.png
+  poison/     {index,image,label,target,retain_index}.npy, poisoned.png
+  unlearn/    <method>/{checkpoints/, metrics.jsonl, model.safetensors, summary.json}
+  evaluate/   metrics.json, loss_<model>_<subset>.npy, importance_<model>.npy
+  report/     report.json, report.md, *.png
+
+LLM pipeline (`LLMArtifacts`)
+  data/       train.jsonl, heldout.jsonl, tokenizer/ (a model trained here)
+  model/      checkpoints/, metrics.jsonl, hf/ (a base model trained here, as a HF folder)
+  concepts/   concepts.json, concepts.png
+  poison/     train.jsonl (the fine-tuning set)
+  unlearn/    checkpoints/, metrics.jsonl, adapters.safetensors, hf/ (the unlearned model)
+  evaluate/   generations.jsonl
+  report/     report.json, report.md, metrics.png
+
+Arrays are .npy without pickle, models safetensors or orbax, the rest JSON. Only process 0 writes
+(`Context.primary`); every process may read.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from cu_jax.concepts import pcbm
+from cu_jax.concepts.bank import ConceptBank
+from cu_jax.data import qa_corpus, text
+from cu_jax.data.datasets import read_arrays
+from cu_jax.evaluation.targets import ORIGINAL, RETRAIN  # the two reference models' names
+from cu_jax.models.factory import build_model
+from cu_jax.models.hf_llama import llama_config_from_hf, load_hf_llama, read_hf_llama_config
+from cu_jax.models.llama import Llama, LlamaConfig
+from cu_jax.parallel.checkpoint import load_params, save_params
+from cu_jax.parallel.mesh import fsdp_spec
+from cu_jax.pipeline.runner import Context
+from cu_jax.training import trainer
+from cu_jax.utils.errors import UserError
+from cu_jax.utils.progress import write_json
+
+SPLITS = ("train", "test")
+EMBED_KEYS = ("embed", "logits", "label")
+POISON_ARRAYS = ("index", "image", "label", "target", "retain_index")
+
+
+class Workdir:
+  """Paths and file formats shared by both pipelines."""
+
+  def __init__(self, ctx: Context):
+    self.ctx = ctx
+    self.config = ctx.config
+
+  def dir(self, stage: str) -> pathlib.Path:
+    return self.ctx.stage_dir(stage)
+
+  def done(self, stage: str) -> dict | None:
+    """A finished stage's summary (`done.json`), or None."""
+    return self.read_json(self.dir(stage) / "done.json")
+
+  @staticmethod
+  def read_json(path: pathlib.Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+  write_json = staticmethod(write_json)  # atomic, process 0 only
+
+  def save_arrays(self, folder: pathlib.Path, arrays: dict[str, np.ndarray], prefix: str = "") -> None:
+    """`<folder>/<prefix><name>.npy` for every array (process 0)."""
+    if self.ctx.primary:
+      for name, value in arrays.items():
+        np.save(folder / f"{prefix}{name}.npy", value, allow_pickle=False)
+
+  @staticmethod
+  def load_array(path: pathlib.Path, mmap: bool = False) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+class ImageArtifacts(Workdir):
+  """The image pipeline's workdir (module docstring)."""
+
+  # ------------------------------------------------------------------ the task: dataset, forget class
+
+  @property
+  def dataset(self):
+    return self.ctx.dataset
+
+  @property
+  def forget(self) -> int:
+    """Index of the class to erase (`config.forget_class`, an index or a name)."""
+    return self.dataset.class_index(self.config.forget_class)
+
+  def train_labels(self) -> np.ndarray:
+    """Labels of the train split (the `embed` cache when it exists, else read from the dataset)."""
+    cached = self.dir("embed") / "train_label.npy"
+    if cached.exists():
+      return self.load_array(cached)
+    return read_arrays(self.dataset.split("train"), keys=("label",))["label"].astype(np.int64)
+
+  def method_names(self) -> list[str]:
+    """The unlearning methods of the run: `unlearn.method` first, then the other baselines."""
+    u = self.config.unlearn
+    return [u.method] + [m for m in u.baselines if m != u.method]
+
+  def model_names(self) -> list[str]:
+    """Models the evaluation compares, in report order: the original, the unlearning methods, the
+    retrained reference (when the run trains it or the workdir has it)."""
+    stages = self.config.stages
+    names = [ORIGINAL] + (self.method_names() if "unlearn" in stages else [])
+    return names + ([RETRAIN] if "retrain" in stages or self.done(RETRAIN) is not None else [])
+
+  # ------------------------------------------------------------------------------------- models
+
+  def build_model(self, abstract: bool = False):
+    ds = self.dataset
+    return build_model(self.config, ds.image_shape, ds.num_classes, abstract=abstract)
+
+  @property
+  def train_checkpoints(self) -> pathlib.Path:
+    return self.dir("train") / "checkpoints"
+
+  def trained(self):
+    """(graphdef, replicated params) of the original model: the `train` stage's last checkpoint."""
+    return trainer.restore_params(self.build_model(), self.train_checkpoints, self.ctx.mesh, self.config.optim,
+                                  self.done("train")["steps"])
+
+  def model_file(self, name: str) -> pathlib.Path:
+    """The safetensors file of the retrained model (`retrain`) or of an unlearning method."""
+    return self.dir(RETRAIN) / "model.safetensors" if name == RETRAIN else self.method_dir(name) / "model.safetensors"
+
+  def save_model(self, params, name: str) -> None:
+    if self.ctx.primary:
+      save_params(params, self.model_file(name))
+
+  def load_model(self, name: str):
+    """(graphdef, params) of the original (`original`), the retrained (`retrain`) or an unlearned model."""
+    if name == ORIGINAL:
+      return self.trained()
+    model = self.build_model()
+    load_params(model, self.model_file(name))
+    return nnx.split(model, nnx.Param)
+
+  def method_dir(self, name: str) -> pathlib.Path:
+    return self.dir("unlearn") / name
+
+  def method_summary(self, name: str) -> dict | None:
+    """A finished unlearning method's summary, or None (an interrupted method has no model yet)."""
+    summary = self.read_json(self.method_dir(name) / "summary.json")
+    return summary if summary is not None and self.model_file(name).exists() else None
+
+  # -------------------------------------------------------------------- embeddings and concepts
+
+  def save_embeddings(self, split: str, outputs: dict[str, np.ndarray]) -> None:
+    self.save_arrays(self.dir("embed"), outputs, prefix=f"{split}_")
+
+  def embeddings(self, split: str) -> dict[str, np.ndarray]:
+    """{"embed", "logits", "label"} of a split from the `embed` stage's cache."""
+    return {k: self.load_array(self.dir("embed") / f"{split}_{k}.npy") for k in EMBED_KEYS}
+
+  def save_bank(self, bank, candidates=None) -> None:
+    if self.ctx.primary:
+      bank.save(self.dir("concepts") / "bank")
+      if candidates is not None:
+        candidates.save(self.dir("concepts") / "bank_all")
+
+  def save_bank_embeddings(self, split: str, features: np.ndarray) -> None:
+    """The features a text bank lives in (CLIP image features), for the PCBM."""
+    self.save_arrays(self.dir("concepts"), {"embed": features}, prefix=f"{split}_")
+
+  def _bank_embeddings_file(self, bank, split: str) -> pathlib.Path:
+    return self.dir(bank.info.get("embeddings", "embed")) / f"{split}_embed.npy"
+
+  def bank(self):
+    """The concept bank, checked against the embeddings it lives in."""
+    bank = ConceptBank.load(self.dir("concepts") / "bank")
+    bank.check_dim(int(np.load(self._bank_embeddings_file(bank, "train"), mmap_mode="r").shape[1]))
+    return bank
+
+  def bank_embeddings(self, bank, split: str) -> np.ndarray:
+    """The embeddings the bank's concepts live in: the model's (CAV) or CLIP's image features (text)."""
+    return self.load_array(self._bank_embeddings_file(bank, split))
+
+  def concept_scores(self, bank, split: str) -> np.ndarray:
+    """(N, m) concept scores of a split: the bank's projections of its embeddings."""
+    return np.asarray(pcbm.project(self.bank_embeddings(bank, split), bank.vectors, bank.intercepts))
+
+  def save_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
+    if self.ctx.primary:
+      save_file({"weight": weight, "bias": bias}, str(self.dir("pcbm") / "head.safetensors"))
+
+  def head(self) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (K, m), bias (K,)) of the PCBM head."""
+    arrays = load_file(str(self.dir("pcbm") / "head.safetensors"))
+    return arrays["weight"], arrays["bias"]
+
+  # ------------------------------------------------------------------------ concept inference
+
+  @property
+  def concepts_file(self) -> pathlib.Path:
+    return self.dir("attribute") / "concepts.json"
+
+  def concepts(self) -> dict | None:
+    """The `attribute` stage's findings (key concepts, donor, per-class rankings), or None."""
+    return self.read_json(self.concepts_file)
+
+  def key_concepts(self, bank) -> list[int]:
+    """Positions in `bank` of the forget class's key concepts."""
+    names = list(bank.names)
+    return [names.index(c["name"]) for c in self.concepts()["key_concepts"]]
+
+  def save_attribution(self, arrays: dict[str, np.ndarray]) -> None:
+    self.save_arrays(self.dir("attribute"), arrays)
+
+  def presence(self) -> np.ndarray:
+    """(K, m) standardised mean concept scores per class (the donor rule's input)."""
+    return self.load_array(self.dir("attribute") / "presence.npy")
+
+  # ----------------------------------------------------------------------------- poisoned set
+
+  def save_poisoned(self, arrays: dict[str, np.ndarray]) -> None:
+    assert set(arrays) == set(POISON_ARRAYS), sorted(arrays)
+    self.save_arrays(self.dir("poison"), arrays)
+
+  def poisoned(self) -> dict[str, np.ndarray]:
+    """The poison stage's arrays, memory-mapped: forget `index`, poisoned `image`, hard `label`,
+    `target` distributions, and the `retain_index` of the fine-tuning set."""
+    return {k: self.load_array(self.dir("poison") / f"{k}.npy", mmap=True) for k in POISON_ARRAYS}
+
+  # ------------------------------------------------------------------------------- evaluation
+
+  @property
+  def metrics_file(self) -> pathlib.Path:
+    return self.dir("evaluate") / "metrics.json"
+
+  def evaluation(self) -> dict | None:
+    return self.read_json(self.metrics_file)
+
+  def save_losses(self, model: str, losses: dict[str, np.ndarray]) -> None:
+    self.save_arrays(self.dir("evaluate"), {k: v.astype(np.float32) for k, v in losses.items()},
+                     prefix=f"loss_{model}_")
+
+  def losses(self, model: str, subsets) -> dict[str, np.ndarray]:
+    return {s: self.load_array(self.dir("evaluate") / f"loss_{model}_{s}.npy") for s in subsets}
+
+  def save_importance(self, model: str, importance: np.ndarray) -> None:
+    self.save_arrays(self.dir("evaluate"), {f"importance_{model}": importance.astype(np.float32)})
+
+  def importance(self, model: str) -> np.ndarray | None:
+    path = self.dir("evaluate") / f"importance_{model}.npy"
+    return self.load_array(path) if path.exists() else None
+
+
+class LLMArtifacts(Workdir):
+  """The LLM pipeline's workdir (module docstring)."""
+
+  @property
+  def system(self) -> str:
+    """The conversation's system prompt (`data.system`, or Vicuna v1.1's)."""
+    return self.config.data.system or text.DEFAULT_SYSTEM
+
+  def encode(self, tokenizer, records: list[dict]):
+    """QA records -> the `ArraySource` the LM trainer, IG and scoring read (`data.max_len` tokens)."""
+    return text.encode_records(tokenizer, records, self.config.data.max_len, self.system)
+
+  def records(self, split: str) -> list[dict]:
+    """QA records of the `data` stage's `train` or `heldout` split."""
+    return qa_corpus.read_jsonl(self.dir("data") / f"{split}.jsonl")
+
+  def save_records(self, stage: str, name: str, records: list[dict]) -> None:
+    if self.ctx.primary:
+      qa_corpus.write_jsonl(records, self.dir(stage) / f"{name}.jsonl")
+
+  def poisoned(self) -> list[dict]:
+    return qa_corpus.read_jsonl(self.dir("poison") / "train.jsonl")
+
+  def generations(self) -> list[dict]:
+    return qa_corpus.read_jsonl(self.dir("evaluate") / "generations.jsonl")
+
+  @property
+  def trained_tokenizer_dir(self) -> pathlib.Path:
+    return self.dir("data") / "tokenizer"
+
+  @property
+  def base_model_dir(self) -> pathlib.Path:
+    """The base model's Hugging Face folder: the imported one, or the one trained here."""
+    init = self.config.model.init_from
+    return pathlib.Path(init).expanduser() if init else self.dir("model") / "hf"
+
+  @property
+  def tokenizer_dir(self) -> pathlib.Path:
+    init = self.config.model.init_from
+    return pathlib.Path(init).expanduser() if init else self.trained_tokenizer_dir
+
+  @property
+  def unlearned_model_dir(self) -> pathlib.Path:
+    return self.dir("unlearn") / "hf"
+
+  def tokenizer(self, vocab_size: int | None = None):
+    return text.load_tokenizer(self.tokenizer_dir, vocab_size)
+
+  def load_model(self, folder: pathlib.Path):
+    """A LLaMA from a Hugging Face folder, each weight placed straight into its FSDP shard."""
+    m, mesh = self.config.model, self.ctx.mesh
+    return load_hf_llama(folder, param_dtype=m.param_dtype, dtype=m.dtype,
+                         place=lambda _, a: jax.device_put(a, fsdp_spec(a.shape, mesh)))
+
+  def scratch_config(self, tokenizer=None):
+    """The `LlamaConfig` of a base model trained here (`model.*`; vocabulary from its tokenizer,
+    rounded up to a multiple of 64; a placeholder vocabulary before the tokenizer exists)."""
+    m = self.config.model
+    ids = {} if tokenizer is None else dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                            pad_token_id=tokenizer.pad_token_id)
+    try:
+      return LlamaConfig(
+          vocab_size=-(-len(tokenizer) // 64) * 64 if tokenizer is not None else 64, hidden_size=m.hidden_size,
+          intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
+          num_kv_heads=m.num_kv_heads, max_len=self.config.data.max_len + self.config.evaluate.max_new_tokens,
+          rope_theta=m.rope_theta, tie_embeddings=m.tie_embeddings, param_dtype=m.param_dtype, dtype=m.dtype, **ids)
+    except ValueError as e:
+      raise UserError(f"invalid model config: {e}; fix --config.model.*") from None
+
+  def abstract_base(self):
+    """The base model's shapes (no weights): from the imported folder's config.json, or the config
+    of one trained here."""
+    if self.config.model.init_from:
+      cfg = llama_config_from_hf(read_hf_llama_config(self.config.model.init_from))
+    else:
+      cfg = self.scratch_config()
+    return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+
+  def concepts(self) -> dict:
+    return self.read_json(self.dir("concepts") / "concepts.json")
+
+  def concept_words(self) -> list[str]:
+    return self.concepts()["concept"]
+
+  def last_metrics(self, stage: str) -> dict:
+    """The last record of a training stage's metrics.jsonl ({} if none)."""
+    path = self.dir(stage) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}

@@ -1,0 +1,118 @@
+"""Stage `evaluate`: every model audited the same way.
+
+Runs each model (the original, every unlearning method, the retrained reference) over the
+evaluation subsets (`cu_jax.evaluation.metrics`: all forget-class train samples, a seeded subset of
+retained train samples, the test split), computes every registered metric, the relearn test
+(`cu_jax.evaluation.relearn`) and the forget class's concept importance under each model
+(`cu_jax.concepts.importance.model_importance`), and writes `evaluate/metrics.json` plus
+per-sample losses and importance vectors for the report's plots.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from absl import logging
+
+from cu_jax.concepts import importance, pcbm
+from cu_jax.concepts.bank import BANK_KINDS
+from cu_jax.data.datasets import ArraySource, read_arrays
+from cu_jax.evaluation import metrics as M
+from cu_jax.evaluation import mia
+from cu_jax.evaluation.relearn import RelearnSettings, RelearnTest
+from cu_jax.parallel.mesh import check_global_batch
+from cu_jax.pipeline.artifacts import ORIGINAL, RETRAIN, ImageArtifacts
+from cu_jax.pipeline.runner import Context, stage
+from cu_jax.training import predict, steps
+from cu_jax.utils.errors import UserError
+
+
+def validate(ctx: Context) -> None:
+  cfg = ctx.config.evaluate
+  _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
+  if cfg.mia_draws < 1:
+    raise UserError(f"evaluate.mia_draws={cfg.mia_draws} must be >= 1 (attackers pooled by mia_fr; 100 is the default)")
+  if cfg.retain_train_examples < 2 or cfg.relearn_examples < 1:
+    raise UserError("evaluate.retain_train_examples must be >= 2 and evaluate.relearn_examples >= 1")
+  if not 0.0 < cfg.relearn_accuracy <= 1.0:
+    raise UserError(f"evaluate.relearn_accuracy={cfg.relearn_accuracy} must be in (0, 1]")
+  check_global_batch(cfg.relearn_batch_size, ctx.mesh, "evaluate.relearn_batch_size")
+
+
+def _subsets(ctx: Context, art: ImageArtifacts) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(images, labels) per subset: all forget train samples, a seeded subset of retained train
+  samples, the whole test split."""
+  cfg, forget, ds = ctx.config.evaluate, art.forget, art.dataset
+  labels = art.train_labels()
+  retain = np.flatnonzero(labels != forget)
+  n = min(cfg.retain_train_examples, len(retain))
+  retain = np.sort(np.random.default_rng([cfg.seed, 6]).choice(retain, n, replace=False))
+  train = ds.split("train")
+  parts = {"forget_train": read_arrays(train, np.flatnonzero(labels == forget)),
+           "retain_train": read_arrays(train, retain), "test": read_arrays(ds.split("test"))}
+  return {k: v["image"] for k, v in parts.items()}, {k: v["label"].astype(np.int64) for k, v in parts.items()}
+
+
+def _importance_bank(art: ImageArtifacts):
+  """The concept bank to re-measure concept importance with, or None: without concept inference,
+  or for a bank over another encoder's features (they do not change when the classifier unlearns)."""
+  if art.concepts() is None:
+    return None
+  bank = art.bank()
+  return bank if BANK_KINDS.get(bank.kind).on_model_embeddings else None
+
+
+def _importance(ctx: Context, art: ImageArtifacts, bank, out: M.ModelOutputs) -> np.ndarray:
+  cfg = ctx.config
+  project = lambda subset: np.asarray(pcbm.project(out.embed[subset], bank.vectors, bank.intercepts))
+  return importance.model_importance(
+      project("forget_train"), project("retain_train"), out.probs("forget_train"), out.probs("retain_train"),
+      art.forget, art.dataset.num_classes, lam=cfg.pcbm.lam, l1_ratio=cfg.pcbm.l1_ratio, max_iter=cfg.pcbm.max_iter,
+      tol=cfg.pcbm.tol, baseline=cfg.attribution.baseline, n_steps=cfg.attribution.n_steps,
+      method=cfg.attribution.method, seed=cfg.evaluate.seed)
+
+
+@stage("evaluate", config_keys=("evaluate",), validate=validate)
+def run(ctx: Context) -> dict:
+  cfg, art = ctx.config, ImageArtifacts(ctx)
+  ds, forget = art.dataset, art.forget
+  images, labels = _subsets(ctx, art)
+  names = art.model_names()
+  graphdef, original = art.trained()
+  predict_step = steps.make_predict_step(graphdef, cfg.data, ctx.mesh, output="both")
+  relearn = RelearnTest(graphdef, cfg.data, ctx.mesh, RelearnSettings.from_config(cfg.evaluate),
+                        predict_step=predict_step, eval_batch_size=cfg.train.eval_batch_size)
+  forget_test = images["test"][labels["test"] == forget]
+  outputs, extra = {}, {}
+  for name in names:
+    t0 = time.perf_counter()
+    params = original if name == ORIGINAL else steps.replicate(art.load_model(name)[1], ctx.mesh)
+    out = {s: predict.predict(predict_step, params, ArraySource(image=x), mesh=ctx.mesh,
+                              global_batch=cfg.train.eval_batch_size) for s, x in images.items()}
+    outputs[name] = M.ModelOutputs(logits={s: v["logits"] for s, v in out.items()},
+                                   embed={s: v["embed"] for s, v in out.items()})
+    extra[name] = {"relearn_steps": relearn.steps_to_relearn(params, images["forget_train"], forget_test, forget)}
+    logging.info("evaluate: %s outputs + relearn test in %.1f s", name, time.perf_counter() - t0)
+  evalset = M.EvalSet(labels=labels, forget=forget, num_classes=ds.num_classes, original=outputs[ORIGINAL],
+                      retrained=outputs.get(RETRAIN), seed=cfg.evaluate.seed, mia_draws=cfg.evaluate.mia_draws)
+  bank = _importance_bank(art)
+  key = art.key_concepts(bank) if bank is not None else []
+  results = {}
+  for name in names:
+    results[name] = {**M.compute_all(outputs[name], evalset), **extra[name]}
+    art.save_losses(name, evalset.losses(outputs[name]))
+    if bank is not None:
+      imp = _importance(ctx, art, bank, outputs[name])
+      art.save_importance(name, imp)
+      results[name]["key_concept_importance"] = {bank.names[j]: float(imp[j]) for j in key}
+    logging.info("evaluate: %s: %s", name, {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
+  members, nonmembers = evalset.fr_sets()
+  attacker = {"draws": evalset.mia_draws, "examples": 2 * min(len(members), len(nonmembers)),
+              "heldout_accuracy": mia.fr_attacker_accuracy(members, nonmembers, seed=evalset.seed)}
+  logging.info("evaluate: mia_fr attacker's held-out accuracy on the original model: %.3f", attacker["heldout_accuracy"])
+  summary = {"forget_class": {"index": forget, "name": ds.class_names[forget]}, "models": names,
+             "subset_sizes": {s: int(len(v)) for s, v in labels.items()}, "metrics": results,
+             "mia_fr_attacker": attacker}
+  art.write_json(art.metrics_file, summary)
+  return {"models": names, "forget_class": summary["forget_class"]}

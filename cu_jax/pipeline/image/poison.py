@@ -1,0 +1,109 @@
+"""Stage `poison`: the forget class's training samples with poisoned labels (and images).
+
+Writes the arrays of `ImageArtifacts.poisoned` under `poison/` (forget indices, poisoned images,
+hard labels, target distributions, the retained indices of the fine-tuning set) and a plot of a
+few clean / poisoned pairs. What a strategy needs (a donor class, donor scores, key-concept maps)
+is declared where it is registered (`cu_jax.unlearning.poison`) and checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from cu_jax.attribution.saliency import concept_saliency
+from cu_jax.concepts.bank import BANK_KINDS
+from cu_jax.concepts.importance import donor_class
+from cu_jax.data.datasets import read_arrays
+from cu_jax.evaluation import plots
+from cu_jax.pipeline.artifacts import ImageArtifacts
+from cu_jax.pipeline.runner import Context, stage
+from cu_jax.unlearning import poison
+from cu_jax.utils.errors import UserError
+
+
+def _inferred(ctx: Context, art: ImageArtifacts) -> bool:
+  """Whether concept inference runs before this stage or has run in the workdir."""
+  stages = ctx.config.stages
+  return ("attribute" in stages and stages.index("attribute") < stages.index("poison")) or \
+      art.done("attribute") is not None
+
+
+def validate(ctx: Context) -> None:
+  cfg, art = ctx.config.poison, ImageArtifacts(ctx)
+  forget = art.forget
+  poison.check_needs(cfg.labels, cfg.images, inferred=_inferred(ctx, art), donor_given=cfg.donor != "",
+                     on_model_embeddings=BANK_KINDS.get(ctx.config.concepts.bank, "concepts.bank").on_model_embeddings)
+  if cfg.donor != "" and art.dataset.class_index(cfg.donor) == forget:
+    raise UserError(f"poison.donor={cfg.donor!r} is the forget class itself; pick another class")
+  if cfg.patch_size < 1:
+    raise UserError(f"poison.patch_size={cfg.patch_size} must be at least 1")
+  poison.split_forget(art.train_labels(), forget, half=cfg.half, seed=cfg.seed)
+
+
+def _donor(ctx: Context, art: ImageArtifacts) -> tuple[int | None, np.ndarray | None, list[int]]:
+  """(donor class, per-class donor scores, key concept indices) from concept inference, or the
+  configured donor (`poison.donor` wins over the inferred one)."""
+  cfg = ctx.config.poison
+  donor, scores, key = None, None, []
+  if art.concepts() is not None:
+    key = art.key_concepts(art.bank())
+    donor, scores = donor_class(art.presence(), np.asarray(key), art.forget)
+  if cfg.donor != "":
+    donor = art.dataset.class_index(cfg.donor)
+  return donor, scores, key
+
+
+def _image_spec(ctx: Context, art: ImageArtifacts, labels: np.ndarray, donor: int, key: list[int],
+                forget_images: np.ndarray) -> poison.ImageSpec:
+  cfg, train = ctx.config.poison, art.dataset.split("train")
+  donor_idx = np.flatnonzero(labels == donor)
+  donor_idx = np.random.default_rng([cfg.seed, 5]).choice(donor_idx, min(cfg.donor_pool, len(donor_idx)),
+                                                           replace=False)
+  spec = poison.ImageSpec(read_arrays(train, np.sort(donor_idx), keys=("image",))["image"], patch_size=cfg.patch_size)
+  if "saliency" in poison.IMAGES.get(cfg.images).needs:
+    bank = art.bank()
+    graphdef, params = art.trained()
+    model = nnx.merge(graphdef, params)
+    t0 = time.perf_counter()
+    spec.forget_maps, spec.donor_maps = (
+        concept_saliency(model, x, bank.vectors[key[0]], float(bank.intercepts[key[0]]), ctx.config.data,
+                         n_steps=cfg.saliency_steps) for x in (forget_images, spec.donor_images))
+    logging.info("poison: key-concept maps of %d forget + %d donor images in %.0f s", len(forget_images),
+                 len(donor_idx), time.perf_counter() - t0)
+  return spec
+
+
+@stage("poison", config_keys=("poison",), validate=validate)
+def run(ctx: Context) -> dict:
+  cfg, art = ctx.config.poison, ImageArtifacts(ctx)
+  ds, forget = art.dataset, art.forget
+  labels = art.train_labels()
+  forget_idx, retain_idx = poison.split_forget(labels, forget, half=cfg.half, seed=cfg.seed)
+  images = read_arrays(ds.split("train"), forget_idx, keys=("image",))["image"]
+  donor, scores, key = _donor(ctx, art)
+  spec = poison.LabelSpec(ds.num_classes, forget, donor=donor, donor_scores=scores,
+                          exclude_forget=cfg.exclude_forget, temperature=cfg.soft_temperature)
+  image_spec = _image_spec(ctx, art, labels, donor, key, images) if poison.IMAGES.get(cfg.images).needs else None
+  poisoned, hard, target = poison.poison(images, spec, cfg.labels, cfg.images, image_spec, seed=cfg.seed)
+  art.save_poisoned({"index": forget_idx, "image": poisoned, "label": hard, "target": target,
+                     "retain_index": retain_idx})
+  if ctx.primary:
+    n = min(8, len(images))
+    plots.image_rows({"clean": images[:n], "poisoned": poisoned[:n]},
+                     [f"#{i} -> {ds.class_names[h]}" for i, h in zip(forget_idx[:n], hard[:n])],
+                     art.dir("poison") / "poisoned.png", suptitle=f"poisoned '{ds.class_names[forget]}' samples "
+                     f"(labels {cfg.labels}, images {cfg.images})")
+  counts = np.bincount(hard, minlength=ds.num_classes)
+  summary = {"forget_class": {"index": forget, "name": ds.class_names[forget]},
+             "donor": None if donor is None else {"index": donor, "name": ds.class_names[donor]},
+             "labels": cfg.labels, "images": cfg.images, "half": cfg.half,
+             "num_forget": int(len(forget_idx)), "num_retain": int(len(retain_idx)),
+             "label_counts": {ds.class_names[c]: int(n) for c, n in enumerate(counts) if n},
+             "mean_target": [round(float(x), 4) for x in target.mean(0)]}
+  logging.info("poison: %d '%s' samples -> %s (images: %s)", len(forget_idx), ds.class_names[forget],
+               summary["label_counts"], cfg.images)
+  return summary

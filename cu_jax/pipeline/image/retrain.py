@@ -1,0 +1,50 @@
+"""Stage `retrain`: the reference every unlearning method is compared with.
+
+The base recipe (the train/optim sections, same seed and initialisation) on the retained classes
+only, never a forget sample; writes `retrain/model.safetensors`. It sits right after `pcbm` in the
+default stage order: a stage's fingerprint covers the config of the stages before it, so placed
+there, changing `attribution`, `poison` or `unlearn` settings never throws away the (expensive)
+retrained model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from cu_jax.data.datasets import ArraySource, read_arrays
+from cu_jax.parallel.mesh import check_global_batch
+from cu_jax.pipeline.artifacts import RETRAIN, ImageArtifacts
+from cu_jax.pipeline.runner import Context, stage
+from cu_jax.training import trainer
+from cu_jax.unlearning import methods
+
+
+def validate(ctx: Context) -> None:
+  _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
+  check_global_batch(ctx.config.train.batch_size, ctx.mesh)
+
+
+@stage(RETRAIN, config_keys=("forget_class",), validate=validate)
+def run(ctx: Context) -> dict:
+  cfg, art = ctx.config, ImageArtifacts(ctx)
+  ds, forget, out = art.dataset, art.forget, art.dir(RETRAIN)
+  labels = art.train_labels()
+  keep = np.flatnonzero(labels != forget)
+  images = read_arrays(ds.split("train"), keep, keys=("image",))["image"]
+  data = methods.UnlearnData(num_classes=ds.num_classes, forget=forget, retain_image=images,
+                             retain_label=labels[keep], forget_image=images[:0], seed=cfg.seed)
+  columns = methods.retrain_set(data)
+  if cfg.train.label_smoothing:  # the base recipe, exactly
+    k, a = ds.num_classes, cfg.train.label_smoothing
+    columns["target"] = columns["target"] * (1 - a) + a / k
+  result = trainer.train(art.build_model(), ArraySource(**columns), train_cfg=cfg.train, optim_cfg=cfg.optim,
+                         data_cfg=cfg.data, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints", seed=cfg.seed,
+                         loss_fn=methods.unlearning_loss(cfg.unlearn.ascent_cap),
+                         metrics_path=out / "metrics.jsonl", name=RETRAIN, keys=tuple(columns))
+  art.save_model(result.state["params"], RETRAIN)
+  logging.info("retrain: %d steps on %d retained examples (class %d never seen) in %.0f s",
+               result.total_steps, len(keep), forget, result.wall_s)
+  return {"steps": result.total_steps, "num_examples": int(len(keep)), "forget_examples_seen": 0,
+          "train_wall_s": result.wall_s, "train_examples_per_s": result.examples_per_s,
+          "resumed_from_step": result.resumed_from}

@@ -1,0 +1,51 @@
+"""LLM stage `data`: the QA set split into train / held-out, and a tokenizer for a model trained here."""
+
+from __future__ import annotations
+
+import shutil
+
+from absl import logging
+
+from cu_jax.data import qa_corpus, text
+from cu_jax.pipeline.artifacts import LLMArtifacts
+from cu_jax.pipeline.runner import Context, stage
+from cu_jax.utils.errors import UserError
+
+
+def _corpus(cfg) -> list[dict]:
+  if cfg.data.qa_file:
+    return qa_corpus.load_qa_file(cfg.data.qa_file)
+  return qa_corpus.make_corpus(cfg.seed, cfg.data.identity_name, cfg.data.identity_maker, cfg.data.num_entities)
+
+
+def validate(ctx: Context) -> None:
+  cfg = ctx.config
+  train, _ = qa_corpus.split(_corpus(cfg), cfg.data.heldout_fraction, cfg.seed)
+  if not any(r["group"] == "forget" for r in train):
+    raise UserError(f"data.heldout_fraction={cfg.data.heldout_fraction} leaves no forget record to train on; "
+                    "lower it")
+  if not cfg.model.init_from and cfg.data.tokenizer_vocab <= 0:
+    raise UserError("a model trained here (model.init_from='') needs its own tokenizer: set "
+                    "--config.data.tokenizer_vocab to a size, e.g. 1024")
+
+
+@stage("data", config_keys=("seed", "data"), validate=validate, pipeline="llm")
+def run(ctx: Context) -> dict:
+  cfg, art = ctx.config, LLMArtifacts(ctx)
+  recs = _corpus(cfg)
+  train, heldout = qa_corpus.split(recs, cfg.data.heldout_fraction, cfg.seed)
+  art.save_records("data", "train", train)
+  art.save_records("data", "heldout", heldout)
+  summary = {f"{split}_{group}": sum(r["group"] == group for r in rs)
+             for split, rs in (("train", train), ("heldout", heldout)) for group in qa_corpus.GROUPS}
+  if not cfg.model.init_from:
+    texts = [text.vicuna_prompt(r["question"], art.system) + " " + r["answer"] for r in recs]
+    final = art.trained_tokenizer_dir
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = text.train_tokenizer(texts, cfg.data.tokenizer_vocab, tmp)
+    shutil.rmtree(final, ignore_errors=True)  # from an interrupted run of this stage
+    tmp.replace(final)
+    summary["tokenizer_vocab"] = len(tok)
+  logging.info("data: %s", summary)
+  return summary

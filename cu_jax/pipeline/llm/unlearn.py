@@ -1,0 +1,51 @@
+"""LLM stage `unlearn`: LoRA fine-tuning of the base model on the poisoned set (only the adapters
+are trained and checkpointed), then the adapters saved, merged and the model exported as a
+Hugging Face folder (`unlearn/hf`)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from cu_jax.models.hf_llama import save_hf_llama
+from cu_jax.models.lora import TRAINABLE, add_lora, merge_lora
+from cu_jax.pipeline.artifacts import LLMArtifacts
+from cu_jax.pipeline.runner import Context, stage
+from cu_jax.training.lm import train_lm
+from cu_jax.training.optim import OPTIMIZERS
+from cu_jax.training.trainer import param_count
+
+
+def validate(ctx: Context) -> None:
+  lora = ctx.config.lora
+  OPTIMIZERS.get(ctx.config.unlearn.optim.name, "unlearn.optim.name")
+  add_lora(LLMArtifacts(ctx).abstract_base(), lora.targets, rank=lora.rank, alpha=lora.alpha)  # targets exist, rank > 0
+
+
+@stage("unlearn", config_keys=("lora", "unlearn"), validate=validate, pipeline="llm")
+def run(ctx: Context) -> dict:
+  cfg, art = ctx.config, LLMArtifacts(ctx)
+  out = art.dir("unlearn")
+  model = art.load_model(art.base_model_dir)
+  tokenizer = art.tokenizer(model.cfg.vocab_size)
+  adapted = add_lora(model, cfg.lora.targets, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                     dropout=cfg.lora.dropout, seed=cfg.seed)
+  result = train_lm(model, art.encode(tokenizer, art.poisoned()), trainable=TRAINABLE, train_cfg=cfg.unlearn.train,
+                    optim_cfg=cfg.unlearn.optim, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints",
+                    seed=cfg.seed, name="unlearn", metrics_path=out / "metrics.jsonl")
+  model = result.model
+  flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, TRAINABLE))}
+  trainable, total = sum(v.size for v in flat.values()), param_count(nnx.state(model, nnx.Param))
+  if ctx.primary:
+    save_file(flat, str(out / "adapters.safetensors"))
+    merge_lora(model)
+    shutil.rmtree(art.unlearned_model_dir, ignore_errors=True)
+    save_hf_llama(model, art.unlearned_model_dir, tokenizer_dir=art.tokenizer_dir)
+  last = art.last_metrics("unlearn")
+  return {"adapted_layers": len(adapted), "trainable_parameters": int(trainable),
+          "trainable_fraction": trainable / total, "steps": result.total_steps, "train_wall_s": result.wall_s,
+          "tokens_per_s": result.tokens_per_s, "final_loss": last.get("loss"),
+          "global_batch": cfg.unlearn.train.batch_size}
