@@ -16,6 +16,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# transformers announces at import that PyTorch is absent (the JAX install has none, and needs none).
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for every artifact of the run.")
@@ -26,10 +29,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 _QUIET_INFO = ("orbax", "tensorflow_datasets", "etils", "jax/_src")
 
 
+# Warnings that are not the user's to act on: TFDS lists every dataset version folder it scans,
+# including one cu_jax is preparing right now ("Variant folder ... has no dataset_info.json").
+_QUIET_WARNINGS = (("tensorflow_datasets", "Variant folder"),)
+
+
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of orbax / TFDS / JAX; their warnings and errors still show."""
+  """Drops INFO chatter of orbax / TFDS / JAX, and the warnings of `_QUIET_WARNINGS`; their other
+  warnings and errors still show."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if any(where in record.pathname and record.getMessage().startswith(start) for where, start in _QUIET_WARNINGS):
+      return False
     return record.levelno > std_logging.INFO or not any(q in record.pathname for q in _QUIET_INFO)
 
 
@@ -45,10 +56,19 @@ def set_cpu_device_count(n: int) -> None:
 
 
 def _fail(message: str) -> None:
+  """Prints the one `error:` line and exits with status 2.
+
+  Once JAX (and with it orbax's asynchronous checkpointing) is running, the process ends at once
+  (`os._exit`): a normal exit would wait for the other processes of a multi-process job, and after
+  a failed checkpoint read it prints asyncio's "Event loop is closed" tracebacks. Checkpoints are
+  committed atomically, so nothing written is lost.
+  """
   print(f"error: {message}", file=sys.stderr)
-  if "jax" in sys.modules:  # in a multi-process job, do not wait for the others at shutdown
-    from cu_jax.parallel.distributed import exit_now
-    exit_now(2)
+  if "jax" in sys.modules:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.flush()
+    os._exit(2)
   sys.exit(2)
 
 
@@ -59,8 +79,7 @@ def main(argv):
   try:
     cpu_devices = config.mesh.get("cpu_devices", 0)
   except OSError as e:  # config_flags defers a missing/broken config file until first use
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    _fail(f"cannot load {flags.FLAGS['config'].serialize()}: {lines[-1]}")
+    _fail(_config_file_error(e, sys.argv))
   set_cpu_device_count(cpu_devices)
   from cu_jax.parallel.distributed import maybe_initialize
   maybe_initialize()
@@ -93,9 +112,18 @@ def _config_error(error: Exception, argv: list[str]) -> str:
   return " ".join(lines)
 
 
+def _config_file_error(error: OSError, argv: list[str]) -> str:
+  """A missing or broken config file, seen while an override applies to it (absl loads it then)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+  return f"cannot load --config={spec}: {lines[-1] if lines else error}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
+  except OSError as e:
+    _fail(_config_file_error(e, argv))
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     cause = e.__cause__ or e.__context__
     _fail(_config_error(cause if isinstance(cause, (AttributeError, KeyError)) else e, argv))

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,7 +103,10 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.poison.images=blur", "unknown poison image strategy 'blur'"),
     ("--config.stages=('train','poison')", "poison.labels='targeted' needs a donor class from concept inference"),
     ("--config.unlearn.baselines=('retrain',)", "'retrain' is its own stage"),
-    ("--config.evaluate.mia_draws=0", "evaluate.mia_draws=0 must be >= 1"),
+    ("--config.evaluate.mia_draws=0", "evaluate.mia_draws=0 is out of range: it must be an integer >= 1"),
+    ("--config.optim.lr=-1.0", "--config.optim.lr=-1.0 is out of range: it must be a number > 0"),
+    ("--config.train.num_epochs=0.0", "train.num_epochs=0.0 and train.num_steps=0 give 0 training steps"),
+    ("--config.data.data_dir=/etc/hostname", "data.data_dir='/etc/hostname' is a file, not a folder"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
   extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []
@@ -157,3 +161,84 @@ def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
   assert done["resumed_from_step"] >= 20
   assert done["test"]["accuracy"] == reference["test"]["accuracy"]
   assert done["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-6)
+
+
+# ------------------------------------------------------------------ damaged artifacts, bad paths
+
+def _truncate(path, keep=0.5):
+  data = path.read_bytes()
+  path.write_bytes(data[:int(len(data) * keep)])
+
+
+def _garbage(path):
+  path.write_bytes(b"\xff\xfe not what it should be \x00" * 4)
+
+
+def _pickled_npy(path):
+  import numpy as np
+  np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
+def _checkpoint_step(workdir, stage="train"):
+  return next(p for p in (workdir / stage / "checkpoints").iterdir() if p.name.isdigit())
+
+
+# (name, how to damage a copy of the finished workdir, extra flags, what the error line says)
+DAMAGE = [
+    ("train checkpoint metadata", lambda w: _garbage(_checkpoint_step(w) / "state" / "_METADATA"), (),
+     "state/_METADATA is damaged (not JSON"),
+    ("train checkpoint data, model re-read", lambda w: ([_truncate(f, 0.1) for f in (_checkpoint_step(w) / "state"
+                                                        / "ocdbt.process_0" / "d").iterdir()],
+                                                       shutil.rmtree(w / "embed")), (), "orbax cannot read it"),
+    ("checkpoint manager metadata", lambda w: _garbage(_checkpoint_step(w) / "_CHECKPOINT_METADATA"), (),
+     "_CHECKPOINT_METADATA is damaged"),
+    ("retrained model truncated", lambda w: _truncate(w / "retrain" / "model.safetensors"), (),
+     "retrain/model.safetensors is damaged (truncated"),
+    ("unlearned model garbage", lambda w: _garbage(w / "unlearn" / "scrub" / "model.safetensors"), (),
+     "unlearn/scrub/model.safetensors is damaged"),
+    ("embeddings truncated", lambda w: _truncate(w / "embed" / "train_embed.npy"), (),
+     "embed/train_embed.npy is damaged (truncated"),
+    ("poisoned set pickled", lambda w: _pickled_npy(w / "poison" / "target.npy"), (), "holds pickled Python objects"),
+    ("concept bank truncated", lambda w: _truncate(w / "concepts" / "bank.safetensors"), (),
+     "concepts/bank.safetensors is damaged"),
+    ("stage config not JSON", lambda w: _garbage(w / "pcbm" / "config.json"), (), "pcbm/config.json is damaged (not JSON"),
+    ("stage done not JSON", lambda w: (w / "attribute" / "done.json").write_text("{\"wall_s\": "), (),
+     "attribute/done.json is damaged (not JSON"),
+    ("an output deleted", lambda w: (w / "pcbm" / "head.safetensors").unlink(), (), "head.safetensors is damaged (missing)"),
+    ("negative lr with --overwrite", lambda w: None, ("--config.unlearn.optim.lr=-0.001", "--overwrite"),
+     "--config.unlearn.optim.lr=-0.001 is out of range: it must be a number > 0"),
+    ("zero unlearning epochs with --overwrite", lambda w: None,
+     ("--config.unlearn.train.num_epochs=0.0", "--overwrite"), "give 0 training steps"),
+    ("a workdir inside a file", lambda w: (w / "a_file").write_text("x"), ("--workdir=@/a_file/run",),
+     "a_file is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("name, damage, flags, expected", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_cli_damaged_workdir_is_one_line_and_changes_nothing(finished_run, tmp_path, name, damage, flags, expected):
+  workdir, data_dir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  damage(copy)
+  before = _snapshot(copy)
+  proc = _cli(copy, *[f.replace("@", str(copy)) for f in flags], data_dir=data_dir)  # (a later flag wins)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert expected in _one_line_error(proc)
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert _snapshot(copy) == before
+
+
+def test_cli_workdir_that_is_a_file(tmp_path, finished_run):
+  _, data_dir, _ = finished_run
+  (tmp_path / "f").write_text("not a folder")
+  line = _one_line_error(_cli(tmp_path / "f", data_dir=data_dir))
+  assert f"--workdir '{tmp_path / 'f'}' is a file, not a folder" in line
+  assert (tmp_path / "f").read_text() == "not a folder"
+
+
+def test_cli_missing_config_file_with_an_override(tmp_path):
+  cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/nope.py", f"--workdir={tmp_path / 'w'}",
+         "--config.train.batch_size=8"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "cannot load --config=configs/nope.py: [Errno 2] No such file or directory" in _one_line_error(proc)

@@ -49,3 +49,38 @@ def test_paper_config_lowers_on_eight_devices():
   assert jax.tree.map(lambda x: x.shape, out_state) == jax.tree.map(lambda x: x.shape, state)
   assert set(metrics) == {"loss", "accuracy", "grad_norm"}
   assert "num_partitions = 8" in lowered.as_text() or "mhlo.num_partitions = 8" in lowered.as_text()
+
+
+@pytest.mark.parametrize("spec", ["configs/vit.py:", "configs/vit.py:demo", "configs/vit.py:synthetic",
+                                  "configs/vit.py:tiny", "configs/llama.py:", "configs/llama.py:demo",
+                                  "configs/llama.py:tiny"])
+def test_every_numeric_field_has_a_declared_range_that_its_default_meets(spec):
+  from cu_jax.utils.config import load_config
+  from cu_jax.utils.ranges import check_ranges, unranged
+  cfg = load_config(spec)
+  assert unranged(cfg) == []
+  check_ranges(cfg)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.lr", -0.1, "--config.optim.lr=-0.1 is out of range: it must be a number > 0"),
+    ("unlearn.optim.lr", 0.0, "--config.unlearn.optim.lr=0.0 is out of range: it must be a number > 0"),
+    ("unlearn.train.num_epochs", -1.0, "unlearn.train.num_epochs=-1.0 is out of range: it must be a number >= 0"),
+    ("train.num_steps", -5, "train.num_steps=-5 is out of range: it must be an integer >= 0"),
+    ("train.batch_size", 0, "train.batch_size=0 is out of range: it must be an integer >= 1"),
+    ("unlearn.salun.sparsity", 1.0, r"sparsity=1.0 is out of range: it must be a number in \[0, 1\)"),
+    ("evaluate.relearn_accuracy", 0.0, r"must be a number in \(0, 1\]"),
+    ("concepts.cs", (0.1, -1.0), r"--config.concepts.cs=\[0.1, -1.0\] is out of range"),
+    ("mesh.fsdp", -2, "mesh.fsdp=-2 is out of range: it must be an integer >= -1"),
+])
+def test_a_value_out_of_range_is_refused_with_field_value_and_range(key, value, message):
+  from cu_jax.utils.errors import UserError
+  from cu_jax.utils.ranges import check_ranges
+  cfg = _get_config("tiny")
+  section, _, field = key.rpartition(".")
+  node = cfg
+  for part in section.split("."):
+    node = node[part]
+  node[field] = value
+  with pytest.raises(UserError, match=message):
+    check_ranges(cfg)

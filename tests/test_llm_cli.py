@@ -91,3 +91,48 @@ def test_llm_cli_bad_inputs(tmp_path):
   assert "max_len" in err
   for name in "abcd":
     assert not (tmp_path / name).exists(), name  # refused before anything was written
+
+
+def _snapshot(folder):
+  import hashlib
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _garbage(path):
+  path.write_bytes(b"\xff\xfe garbage \x00" * 8)
+
+
+def _resume_unlearn_from_a_damaged_checkpoint(w):
+  step = max((p for p in (w / "unlearn" / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  _garbage(step / "state" / "_METADATA")
+  (w / "unlearn" / "done.json").unlink()
+
+
+LLM_DAMAGE = [
+    ("resumed LoRA checkpoint", _resume_unlearn_from_a_damaged_checkpoint, "state/_METADATA is damaged (not JSON"),
+    ("QA split", lambda w: (w / "data" / "train.jsonl").write_text("{\"question\": \n"), "data/train.jsonl is damaged"),
+    ("exported base model", lambda w: _garbage(w / "model" / "hf" / "model.safetensors"),
+     "model/hf/model.safetensors is damaged"),
+]
+
+
+@pytest.mark.parametrize("name, damage, expected", LLM_DAMAGE, ids=[d[0] for d in LLM_DAMAGE])
+def test_llm_cli_damaged_workdir_is_one_line_and_changes_nothing(llm_run, tmp_path, name, damage, expected):
+  import shutil
+  copy = tmp_path / "run"
+  shutil.copytree(llm_run, copy)
+  damage(copy)
+  before = _snapshot(copy)
+  proc = _cli(copy)
+  assert expected in _error(proc) and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert _snapshot(copy) == before
+
+
+def test_llm_cli_init_from_with_a_broken_config_json(tmp_path):
+  folder = tmp_path / "hf"
+  folder.mkdir()
+  (folder / "config.json").write_text("{\"model_type\": \"llama\",")
+  err = _error(_cli(tmp_path / "w", f"--config.model.init_from={folder}"))
+  assert f"{folder / 'config.json'} is damaged (not JSON" in err and "replace it with an intact copy" in err
+  assert not (tmp_path / "w").exists()

@@ -76,6 +76,24 @@ def test_interrupted_run_resumes_to_the_same_parameters(toy_source, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+
+def test_resumed_run_logs_every_step_once(toy_source, tmp_path):
+  import json
+  log = tmp_path / "metrics.jsonl"
+
+  def stop_at_7(step, state):
+    if step == 7:
+      raise _Stop()
+  with pytest.raises(_Stop):
+    _run(toy_source, tmp_path, "log", 1, metrics_path=log, train=dict(log_every_steps=1), on_step=stop_at_7)
+  before = [json.loads(line) for line in log.read_text().splitlines()]
+  assert [r["step"] for r in before] == list(range(1, 8))
+  _run(toy_source, tmp_path, "log", 1, metrics_path=log, train=dict(log_every_steps=1))  # resumes from step 6
+  after = [json.loads(line) for line in log.read_text().splitlines()]
+  assert [r["step"] for r in after] == list(range(1, 9))
+  assert after[:6] == before[:6]  # the records up to the checkpoint are kept as they were
+  assert after[6]["loss"] == before[6]["loss"]  # step 7, logged again by the resumed run, is the same step
+
 def test_training_learns_the_toy_task(toy_source, tmp_path):
   result = _run(toy_source, tmp_path, "learn", 8, data=PLAIN, dropout=0.0,
                 train=dict(num_steps=120, checkpoint_every_steps=1000))

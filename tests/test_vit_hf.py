@@ -73,3 +73,17 @@ def test_shape_mismatch_is_a_clear_error(hf_vit_folder, tmp_path):
     load_hf_vit(folder, expect=wanted)
   with pytest.raises(UserError, match="no config.json"):
     load_hf_vit(tmp_path)
+
+
+def test_damaged_folder_is_named_before_anything_loads(hf_vit_folder, tmp_path):
+  import shutil
+  from cu_jax.models.hf_vit import check_hf_vit
+  broken = tmp_path / "broken"
+  shutil.copytree(hf_vit_folder[0], broken)
+  weights = broken / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:1000])
+  with pytest.raises(UserError, match=r"model.safetensors is damaged \(not a safetensors file: .*cut short"):
+    check_hf_vit(broken)
+  (broken / "config.json").write_text("{\"model_type\": ")
+  with pytest.raises(UserError, match=r"config.json is damaged \(not JSON"):
+    check_hf_vit(broken)

@@ -12,9 +12,10 @@ import pathlib
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import load_safetensors, read_json
 from cu_jax.utils.registry import Registry
 
 
@@ -83,8 +84,8 @@ class ConceptBank:
     arrays_path, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not arrays_path.is_file() or not meta_path.is_file():
       raise UserError(f"no concept bank at {path} (expected {arrays_path.name} and {meta_path.name})")
-    arrays = load_file(str(arrays_path))
-    meta = json.loads(meta_path.read_text())
+    arrays = load_safetensors(arrays_path)
+    meta = read_json(meta_path)
     return cls(vectors=arrays["vectors"], intercepts=arrays["intercepts"], names=tuple(meta["names"]),
                quality=tuple(meta.get("quality", ())), kind=meta.get("kind", "cav"),
                info=meta.get("info", {}))

@@ -169,6 +169,9 @@ def load_dataset(cfg) -> Dataset:
   """`cfg` is the `data` section of the config: name, data_dir ("" = `default_data_dir()`), (idx_dir)."""
   if not cfg.get("data_dir"):  # TFDS would otherwise prepare local builders in the working directory
     cfg = ml_collections.ConfigDict({**cfg.to_dict(), "data_dir": default_data_dir()})
+  if pathlib.Path(cfg.data_dir).expanduser().is_file():
+    raise UserError(f"data.data_dir={cfg.data_dir!r} is a file, not a folder; point --config.data.data_dir at the "
+                    "folder that holds (or will hold) the prepared datasets")
   builder = DATASETS.get(cfg.name, "data.name")(cfg)
   info = builder.info
   image_shape = tuple(info.features["image"].shape)

@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
-from safetensors.numpy import load_file
 
 from cu_jax.models.clip import ACTIVATIONS, CLIP, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from cu_jax.models.hf_vit import _linear, resize_pos_embed
 from cu_jax.models.weights import assign_checked, read_config_json
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import load_safetensors
 
 # HF's defaults (transformers 5), for configs that leave a field out.
 _HF_VISION = CLIPVisionConfig()
@@ -158,7 +158,7 @@ def load_hf_clip_model(folder: str | pathlib.Path, *, image_size: int | None = N
   if not weights.is_file():
     raise UserError(f"{folder} has no model.safetensors; save the model with "
                     "`save_pretrained(..., safe_serialization=True)`")
-  tensors = load_file(weights)
+  tensors = load_safetensors(weights)
   model = nnx.eval_shape(lambda: CLIP(cfg, rngs=nnx.Rngs(0)))
   params = hf_to_params(tensors, cfg, folder, resample=cfg.vision.image_size != native)
   assign_checked(model, params, folder, kind="CLIPModel", fix="config.json does not match model.safetensors")

@@ -14,11 +14,11 @@ import pathlib
 import numpy as np
 from absl import logging
 from flax import nnx
-from safetensors.numpy import load_file
 
 from cu_jax.models.vit import ViT, ViTConfig
 from cu_jax.models.weights import assign_checked, read_config_json
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import check_safetensors, load_safetensors
 
 
 def read_hf_config(folder: str | pathlib.Path) -> dict:
@@ -136,6 +136,7 @@ def check_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
   if not (folder / "model.safetensors").is_file():
     raise UserError(f"{folder} has no model.safetensors; save the model with "
                     "`save_pretrained(..., safe_serialization=True)`")
+  check_safetensors(folder / "model.safetensors")  # header and length, before a run writes anything
   return cfg, hf
 
 
@@ -151,7 +152,7 @@ def load_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
   folder = pathlib.Path(folder).expanduser()
   cfg, hf = check_hf_vit(folder, image_size=image_size, num_classes=num_classes, dtype=dtype,
                          expect=expect)
-  tensors = load_file(folder / "model.safetensors")
+  tensors = load_safetensors(folder / "model.safetensors")
   params = hf_to_params(tensors, cfg, hf)
   model = ViT(cfg, rngs=nnx.Rngs(seed))
   if "head" not in params or params["head"]["kernel"].shape[1] != cfg.num_classes:

@@ -3,13 +3,13 @@ every shape checked before anything changes."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax.numpy as jnp
 from flax import nnx
 
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import read_json
 
 
 def assign_checked(model: nnx.Module, params: dict, folder: pathlib.Path, *, kind: str, fix: str) -> None:
@@ -40,4 +40,4 @@ def read_config_json(folder: str | pathlib.Path, hint: str) -> dict:
   path = folder / "config.json"
   if not path.is_file():
     raise UserError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json); {hint}")
-  return json.loads(path.read_text())
+  return read_json(path)

@@ -7,6 +7,7 @@ renamed when complete), so a run killed mid-save resumes from the last complete 
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import DamagedFile, load_safetensors
 
 
 def abstract_like(tree: Any) -> Any:
@@ -52,12 +54,34 @@ class Checkpointer:
         self.directory, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    with self._reading(None):
+      return self._manager.latest_step()
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Saves if `step` is on the save interval (or `force`); returns whether it saved."""
     return self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                               force=force)
+
+  @contextlib.contextmanager
+  def _reading(self, step: int | None):
+    """Any failure to read a checkpoint (orbax, tensorstore and JSON raise many kinds) becomes one
+    `DamagedFile` naming it; cu_jax's own `UserError`s pass through."""
+    try:
+      yield
+    except UserError:
+      raise
+    except Exception as e:  # noqa: BLE001 (see the docstring)
+      where = self.directory if step is None else self.directory / str(step)
+      text = str(e).strip().splitlines()
+      raise DamagedFile(where, f"orbax cannot read it: {type(e).__name__}: {text[0][:200] if text else ''}") from None
+
+  def check(self, step: int | None = None) -> int | None:
+    """Reads the metadata of `step` (default: latest), cheaply; returns that step (None: no checkpoint)."""
+    step = self.latest_step() if step is None else step
+    if step is not None:
+      with self._reading(step):
+        self._manager.item_metadata(step)
+    return step
 
   def restore(self, step: int | None, target: Any) -> Any:
     """Restores `step` (default: latest) into `target` (arrays or ShapeDtypeStructs with shardings)."""
@@ -65,14 +89,16 @@ class Checkpointer:
     if step is None:
       raise UserError(f"no checkpoint in {self.directory}; train first or point at another folder")
     abstract = abstract_like(target)
-    saved = self._manager.item_metadata(step)["state"]
+    with self._reading(step):
+      saved = self._manager.item_metadata(step)["state"]
     if saved is not None:
       problems = _shape_mismatches(saved, abstract)
       if problems:
         raise UserError(
             f"checkpoint {self.directory}/{step} does not match the model ({len(problems)} "
             f"mismatches, first: {problems[0]}); use the config it was written with or a new workdir")
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    with self._reading(step):
+      restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return restored["state"]
 
   def close(self) -> None:
@@ -99,12 +125,11 @@ def save_params(params: Any, path: str | pathlib.Path) -> None:
 def load_params(model: Any, path: str | pathlib.Path) -> None:
   """Sets `model`'s parameters from a `save_params` file, every name and shape checked first."""
   from flax import nnx
-  from safetensors.numpy import load_file
   from cu_jax.models.weights import assign_checked
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserError(f"no saved model at {path}; run the stage that writes it first")
-  saved = load_file(str(path))
+  saved = load_safetensors(path)
   names = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   params = {k: saved["/".join(map(str, k))] for k in names if "/".join(map(str, k)) in saved}
   assign_checked(model, nnx.traversals.unflatten_mapping(params), path,

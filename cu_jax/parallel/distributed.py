@@ -51,19 +51,3 @@ def maybe_initialize() -> None:
   jax.distributed.initialize(**kwargs, **_timeouts())
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-def exit_now(status: int) -> None:
-  """Ends this process with `status` at once when it is part of a multi-process job.
-
-  A normal `sys.exit` runs JAX's atexit shutdown, which waits in a barrier for every other process
-  (up to `shutdown_timeout_seconds`) and then aborts with SIGABRT (134) if one never arrives, e.g.
-  because only this process hit an error. Skipping it keeps the real status visible to the
-  launcher (which then stops the others); in a single-process run this is `sys.exit(status)`.
-  """
-  import sys
-  if jax.distributed.is_initialized() and jax.process_count() > 1:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-  sys.exit(status)

@@ -33,14 +33,13 @@ Arrays are .npy without pickle, models safetensors or orbax, the rest JSON. Only
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from cu_jax.concepts import pcbm
 from cu_jax.concepts.bank import ConceptBank
@@ -50,13 +49,17 @@ from cu_jax.evaluation.targets import ORIGINAL, RETRAIN  # the two reference mod
 from cu_jax.models.factory import build_model
 from cu_jax.models.hf_llama import llama_config_from_hf, load_hf_llama, read_hf_llama_config
 from cu_jax.models.llama import Llama, LlamaConfig
-from cu_jax.parallel.checkpoint import load_params, save_params
+from cu_jax.parallel.checkpoint import Checkpointer, load_params, save_params
 from cu_jax.parallel.mesh import fsdp_spec
 from cu_jax.pipeline.runner import Context
 from cu_jax.training import trainer
+from cu_jax.utils import files
 from cu_jax.utils.errors import UserError
 from cu_jax.utils.progress import write_json
 
+_CHECKS = {".json": files.read_json, ".jsonl": files.read_jsonl, ".npy": files.check_npy,
+           ".safetensors": files.check_safetensors}
+ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA")
 SPLITS = ("train", "test")
 EMBED_KEYS = ("embed", "logits", "label")
 POISON_ARRAYS = ("index", "image", "label", "target", "retain_index")
@@ -64,6 +67,9 @@ POISON_ARRAYS = ("index", "image", "label", "target", "retain_index")
 
 class Workdir:
   """Paths and file formats shared by both pipelines."""
+
+  # stage -> the files a finished stage always holds (besides config.json and done.json)
+  OUTPUTS: dict[str, tuple[str, ...]] = {}
 
   def __init__(self, ctx: Context):
     self.ctx = ctx
@@ -78,7 +84,7 @@ class Workdir:
 
   @staticmethod
   def read_json(path: pathlib.Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+    return files.read_json(path) if path.exists() else None
 
   write_json = staticmethod(write_json)  # atomic, process 0 only
 
@@ -90,11 +96,39 @@ class Workdir:
 
   @staticmethod
   def load_array(path: pathlib.Path, mmap: bool = False) -> np.ndarray:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return files.load_npy(path, mmap)
+
+  def verify(self, stage: str, finished: bool) -> None:
+    """Cheap checks of a stage's files before a run reads them (`files.DamagedFile` if one is bad):
+    the files a finished stage always writes exist, every JSON / JSON-lines / .npy / safetensors
+    file has a sound header and length, and every orbax checkpoint's metadata reads."""
+    folder = self.dir(stage)
+    needed = ("config.json",) + (("done.json",) + self.OUTPUTS.get(stage, ()) if finished else ())
+    for name in needed:
+      if not (folder / name).exists():
+        raise files.DamagedFile(folder / name, "missing")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+      if path.name in ORBAX_JSON:  # orbax's own JSON, read before orbax is asked to open the checkpoint
+        files.read_json(path)
+      elif path.suffix in _CHECKS and "checkpoints" not in path.relative_to(folder).parts:
+        _CHECKS[path.suffix](path)
+    for path in sorted(p for p in folder.rglob("checkpoints") if p.is_dir()):
+      checkpointer = Checkpointer(path, save_every=1, async_save=False)
+      try:
+        checkpointer.check()
+      finally:
+        checkpointer.close()
 
 
 class ImageArtifacts(Workdir):
   """The image pipeline's workdir (module docstring)."""
+
+  OUTPUTS = {"train": ("checkpoints", "metrics.json"),
+             "embed": tuple(f"{split}_{k}.npy" for split in SPLITS for k in EMBED_KEYS),
+             "concepts": ("bank.safetensors", "bank.json"), "pcbm": ("head.safetensors",),
+             "retrain": ("model.safetensors",), "attribute": ("concepts.json", "presence.npy"),
+             "poison": tuple(f"{k}.npy" for k in POISON_ARRAYS), "evaluate": ("metrics.json",),
+             "report": ("report.json",)}
 
   # ------------------------------------------------------------------ the task: dataset, forget class
 
@@ -190,7 +224,7 @@ class ImageArtifacts(Workdir):
   def bank(self):
     """The concept bank, checked against the embeddings it lives in."""
     bank = ConceptBank.load(self.dir("concepts") / "bank")
-    bank.check_dim(int(np.load(self._bank_embeddings_file(bank, "train"), mmap_mode="r").shape[1]))
+    bank.check_dim(int(files.check_npy(self._bank_embeddings_file(bank, "train"))[0][1]))
     return bank
 
   def bank_embeddings(self, bank, split: str) -> np.ndarray:
@@ -207,7 +241,7 @@ class ImageArtifacts(Workdir):
 
   def head(self) -> tuple[np.ndarray, np.ndarray]:
     """(weight (K, m), bias (K,)) of the PCBM head."""
-    arrays = load_file(str(self.dir("pcbm") / "head.safetensors"))
+    arrays = files.load_safetensors(self.dir("pcbm") / "head.safetensors")
     return arrays["weight"], arrays["bias"]
 
   # ------------------------------------------------------------------------ concept inference
@@ -270,6 +304,10 @@ class ImageArtifacts(Workdir):
 class LLMArtifacts(Workdir):
   """The LLM pipeline's workdir (module docstring)."""
 
+  OUTPUTS = {"data": ("train.jsonl", "heldout.jsonl"), "concepts": ("concepts.json",),
+             "poison": ("train.jsonl",), "unlearn": ("adapters.safetensors", "hf/config.json"),
+             "evaluate": ("generations.jsonl",), "report": ("report.json",)}
+
   @property
   def system(self) -> str:
     """The conversation's system prompt (`data.system`, or Vicuna v1.1's)."""
@@ -278,6 +316,17 @@ class LLMArtifacts(Workdir):
   def encode(self, tokenizer, records: list[dict]):
     """QA records -> the `ArraySource` the LM trainer, IG and scoring read (`data.max_len` tokens)."""
     return text.encode_records(tokenizer, records, self.config.data.max_len, self.system)
+
+  def corpus(self) -> list[dict]:
+    """Every QA record of the run: the user's file (`data.qa_file`) or the generated identity corpus."""
+    d = self.config.data
+    if d.qa_file:
+      return qa_corpus.load_qa_file(d.qa_file)
+    return qa_corpus.make_corpus(self.config.seed, d.identity_name, d.identity_maker, d.num_entities)
+
+  def split_corpus(self) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) records of `corpus()` (`data.heldout_fraction` of every topic held out)."""
+    return qa_corpus.split(self.corpus(), self.config.data.heldout_fraction, self.config.seed)
 
   def records(self, split: str) -> list[dict]:
     """QA records of the `data` stage's `train` or `heldout` split."""
@@ -354,5 +403,5 @@ class LLMArtifacts(Workdir):
   def last_metrics(self, stage: str) -> dict:
     """The last record of a training stage's metrics.jsonl ({} if none)."""
     path = self.dir(stage) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
+    records = files.read_jsonl(path) if path.exists() else []
+    return records[-1] if records else {}

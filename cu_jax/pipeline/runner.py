@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
+import os
 import pathlib
 import shutil
 import time
@@ -28,8 +28,11 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
+from cu_jax.utils.config import flatten
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import DamagedFile, read_json
 from cu_jax.utils.progress import format_seconds, write_json
+from cu_jax.utils.ranges import check_ranges
 from cu_jax.utils.registry import Registry
 
 # Config fields, in any section, that say where things are or how often to log and checkpoint (or
@@ -96,21 +99,12 @@ class Context:
     return load_dataset(self.config.data)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
-
-
 def stage_fingerprint(config, stages: list[Stage], index: int) -> dict[str, Any]:
   """The flattened config fields that stage `index` depends on (its own and its predecessors')."""
   sections = []
   for s in stages[:index + 1]:
     sections += [k for k in s.config_keys if k not in sections]
-  full = _flatten(config.to_dict())
+  full = flatten(config.to_dict())
   keys = {k for k in full if k.split(".")[0] in sections and fingerprinted(k)}
   return {k: full[k] for k in sorted(keys)}
 
@@ -136,7 +130,7 @@ def plan(config, workdir: pathlib.Path, overwrite: bool) -> list[tuple[Stage, di
       decisions.append((st, fp, "run"))
       continue
     # Fields recorded before they joined NOT_FINGERPRINTED do not count either.
-    old = {k: v for k, v in json.loads(recorded.read_text()).items() if fingerprinted(k)}
+    old = {k: v for k, v in read_json(recorded).items() if fingerprinted(k)}
     if old != fp:
       if not overwrite:
         raise UserError(
@@ -156,14 +150,62 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+# pipeline -> verify(ctx, stage, finished): cheap checks (headers, sizes, JSON) of a finished or started
+# stage's files, registered by the pipeline's package; run before anything is written.
+VERIFIERS: dict[str, Callable[["Context", str, bool], None]] = {}
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir {str(workdir)!r} is a file, not a folder; give a folder (created if missing)")
+  parent = next(p for p in (workdir, *workdir.parents) if p.exists())
+  if not parent.is_dir():
+    raise UserError(f"--workdir {str(workdir)!r}: {parent} is a file, not a folder; give a path under a folder")
+  if not os.access(parent, os.W_OK):
+    raise UserError(f"--workdir {str(workdir)!r}: {parent} is not writable; give a folder you can write to")
+
+
+def _damage_message(error: DamagedFile, workdir: pathlib.Path, stages) -> str:
+  """What to do about a damaged file: redo the stage that wrote it (and the later ones)."""
+  try:
+    stage = error.path.relative_to(workdir).parts[0]
+  except (ValueError, IndexError):
+    return f"{error}; replace it with an intact copy"
+  order = list(stages)
+  later = order[order.index(stage) + 1:] if stage in order else []
+  redo = ", ".join(str(workdir / s) for s in [stage, *later] if (workdir / s).exists())
+  return f"{error}: it was written by stage {stage!r}; delete {redo} and run again to redo it"
+
+
 def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool = False) -> dict[str, Any]:
-  """Runs the configured stages in order; returns each stage's summary."""
+  """Runs the configured stages in order; returns each stage's summary.
+
+  Everything is checked before anything is written: value ranges, the workdir, each stage's
+  inputs (`validate`) and the files of the stages that are skipped or resumed (`VERIFIERS`). A
+  damaged file found then or later, and a path that cannot be read or written, end in one
+  `UserError` naming it.
+  """
   workdir = pathlib.Path(workdir).expanduser().absolute()
+  check_ranges(config)  # before anything is planned, deleted (--overwrite) or written
+  _check_workdir(workdir)
+  try:
+    return _run(config, workdir, mesh, overwrite)
+  except DamagedFile as e:
+    raise UserError(_damage_message(e, workdir, config.stages)) from None
+  except OSError as e:
+    where = e.filename or workdir
+    raise UserError(f"{where}: {e.strerror or e} (check that the path exists, is writable and has free space)") from None
+
+
+def _run(config, workdir: pathlib.Path, mesh, overwrite: bool) -> dict[str, Any]:
   decisions = plan(config, workdir, overwrite)
   ctx = Context(config, workdir, mesh)
+  verify = VERIFIERS.get(config.get("pipeline", "image"))
   for st, _, action in decisions:  # every input is checked before anything is written
     if action != "skip" and st.validate is not None:
       st.validate(ctx)
+    if action != "run" and verify is not None:
+      verify(ctx, st.name, action == "skip")
   # Every process decides what to delete before any of them writes (a shared workdir on a pod).
   replace = {st.name for st, _, action in decisions if action == "run" and ctx.stage_dir(st.name).exists()}
   _sync("cu_jax plan")
@@ -171,7 +213,7 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
   for st, fp, action in decisions:
     stage_dir = ctx.stage_dir(st.name)
     if action == "skip":
-      summaries[st.name] = json.loads((stage_dir / "done.json").read_text())
+      summaries[st.name] = read_json(stage_dir / "done.json")
       logging.info("stage %s: done already (%s), skipped", st.name, stage_dir)
       continue
     if st.name in replace:
@@ -179,10 +221,17 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
         logging.warning("stage %s: --overwrite, deleting %s", st.name, stage_dir)
         shutil.rmtree(stage_dir)
       _sync(f"cu_jax overwrite {st.name}")
+    new = not stage_dir.exists()
     write_json(stage_dir / "config.json", fp)
     logging.info("stage %s: %s", st.name, "resuming" if action == "resume" else "running")
     t0 = time.perf_counter()
-    summary = st.run(ctx)
+    try:
+      summary = st.run(ctx)
+    except (UserError, OSError):
+      # A stage refused before it wrote anything of its own leaves no trace of this attempt.
+      if new and ctx.primary and [p.name for p in stage_dir.iterdir()] == ["config.json"]:
+        shutil.rmtree(stage_dir)
+      raise
     summary["wall_s"] = time.perf_counter() - t0
     write_json(stage_dir / "done.json", summary)
     _sync(f"cu_jax stage {st.name}")  # later stages read what this one wrote

@@ -20,6 +20,7 @@ from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import TrainLoader
 from cu_jax.parallel.checkpoint import Checkpointer
 from cu_jax.training import optim, steps
+from cu_jax.utils.errors import UserError
 from cu_jax.utils.progress import JsonlWriter, Progress
 
 
@@ -37,6 +38,17 @@ def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
   if train_cfg.get("num_steps", 0):
     return int(train_cfg.num_steps)
   return int(round(train_cfg.num_epochs * steps_per_epoch))
+
+
+def check_steps(train_cfg, num_examples: int, section: str) -> int:
+  """The run's step count for a training set of `num_examples`, refused (`UserError`) when it is 0:
+  a run of no step would record a finished stage with an untrained model."""
+  steps = total_steps_for(train_cfg, num_examples // train_cfg.batch_size)
+  if steps < 1:
+    raise UserError(f"{section}.num_epochs={train_cfg.num_epochs} and {section}.num_steps={train_cfg.num_steps} "
+                    f"give 0 training steps on {num_examples} examples at batch {train_cfg.batch_size}; set "
+                    f"--config.{section}.num_epochs or --config.{section}.num_steps to more")
+  return steps
 
 
 def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg, data_cfg, mesh,
@@ -85,7 +97,7 @@ def run_steps(name: str, loader: TrainLoader, train_step, state, ckpt: Checkpoin
   """The loop every trainer shares: step, log (progress + JSON lines), checkpoint; from the
   state's step to `total`. Closes `ckpt`. Returns (state, wall seconds)."""
   start = int(jax.device_get(state["step"]))
-  writer = JsonlWriter(metrics_path) if metrics_path else None
+  writer = JsonlWriter(metrics_path, resume_step=start) if metrics_path else None
   progress = Progress(name, total, start, train_cfg.batch_size)
   log_every = max(1, train_cfg.get("log_every_steps", 50))
   t0 = time.perf_counter()

@@ -25,7 +25,7 @@ on `retrain_set` from scratch by the same loop; it is not a method (it never see
 Each method is registered with what it needs, so a caller (the CLI pipeline, a notebook) asks the
 registry instead of knowing methods by name: the pieces of `UnlearnData` beyond the samples
 (`needs`: "poison", "teacher"), its own config section under `unlearn` (`section`, e.g.
-`unlearn.salun.sparsity`) with its check, and a parameter mask computed before training
+`unlearn.salun.sparsity`), and a parameter mask computed before training
 (`param_mask`). Adding a method is one registration.
 """
 
@@ -40,7 +40,6 @@ import numpy as np
 
 from cu_jax.unlearning import poison
 from cu_jax.unlearning.salun import salun_mask
-from cu_jax.utils.errors import UserError
 from cu_jax.utils.registry import Registry
 
 
@@ -71,8 +70,7 @@ class Method:
   name: str
   build: Callable[[UnlearnData, Any], dict[str, np.ndarray]]  # (data, its config section or None) -> columns
   needs: frozenset[str] = frozenset()  # keys of NEEDS
-  section: str | None = None  # its own config section under `unlearn`
-  validate: Callable[[Any], None] | None = None  # checks that section; raises UserError
+  section: str | None = None  # its own config section under `unlearn` (value ranges: cu_jax.utils.ranges)
   # (graphdef, params, data, section, *, data_cfg, mesh, batch_size, base_mask) -> 0/1 mask of the
   # parameters it may update, computed at the original model
   param_mask: Callable[..., Any] | None = None
@@ -86,13 +84,13 @@ METHODS: Registry[Method] = Registry("unlearning method")
 
 
 def register(name: str, *, needs: tuple[str, ...] = (), section: str | None = None,
-             validate: Callable[[Any], None] | None = None, param_mask: Callable[..., Any] | None = None):
+             param_mask: Callable[..., Any] | None = None):
   unknown = set(needs) - set(NEEDS)
   if unknown:
     raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
 
   def deco(build):
-    METHODS.register(name)(Method(name, build, frozenset(needs), section, validate, param_mask))
+    METHODS.register(name)(Method(name, build, frozenset(needs), section, param_mask))
     return build
   return deco
 
@@ -158,12 +156,7 @@ def _random_label(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
   return _concat(_retain(d), _part(d.forget_image, _random_labels(d), 1.0))
 
 
-def _check_salun(cfg) -> None:
-  if not 0.0 <= cfg.sparsity < 1.0:
-    raise UserError(f"unlearn.salun.sparsity={cfg.sparsity} must be in [0, 1) (the fraction of parameters frozen)")
-
-
-@register("salun", section="salun", validate=_check_salun, param_mask=salun_mask)
+@register("salun", section="salun", param_mask=salun_mask)
 def _salun(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
   return _random_label(d, None)
 

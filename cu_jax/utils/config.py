@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from typing import Callable
+from typing import Any, Callable
 
 import ml_collections as mlc
 
@@ -33,3 +33,13 @@ def apply_variant(base: Callable[[], mlc.ConfigDict], variants: dict[str, Callab
     valid = ", ".join(f"{v} (default)" if v == default else v for v in variants)
     raise ValueError(f"unknown variant {variant!r} of {file}; valid: {valid}")
   return variants[variant](base())
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """A config's `to_dict()` as {"section.field": value}; tuples become lists (as JSON stores them)."""
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}

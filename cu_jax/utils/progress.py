@@ -41,10 +41,22 @@ class Progress:
 
 
 class JsonlWriter:
-  """Appends one JSON object a line (process 0 only)."""
+  """Appends one JSON object a line (process 0 only).
 
-  def __init__(self, path: str | pathlib.Path):
+  `resume_step`: the training step the run starts from. Records of later steps, left by a run
+  that was killed after its last checkpoint, are dropped first (the resumed run logs them again),
+  so every step appears once.
+  """
+
+  def __init__(self, path: str | pathlib.Path, resume_step: int | None = None):
     self.path = pathlib.Path(path)
+    if resume_step is not None and jax.process_index() == 0 and self.path.exists():
+      lines = self.path.read_text().splitlines()
+      kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= resume_step]
+      if len(kept) != len(lines):
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
 
   def write(self, record: dict[str, Any]) -> None:
     if jax.process_index() != 0:
@@ -52,6 +64,14 @@ class JsonlWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+  """The `step` of one JSON-lines record (None for a line a killed run left half-written)."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def write_json(path: str | pathlib.Path, obj: Any) -> None:

@@ -13,8 +13,13 @@
 - `evaluate`: every model audited the same way; `report`: the figures, tables and plots.
 
 Each stage reads what earlier ones wrote through `cu_jax.pipeline.artifacts.ImageArtifacts`, never
-through another stage's module. Importing this package registers the stages.
+through another stage's module. Importing this package registers the stages, and the check of
+the files of a stage a run skips or resumes.
 """
 
 from cu_jax.pipeline.image import (attribute, concepts, embed, evaluate, pcbm, poison, report,  # noqa: F401
                                    retrain, train, unlearn)
+from cu_jax.pipeline.artifacts import ImageArtifacts
+from cu_jax.pipeline.runner import VERIFIERS
+
+VERIFIERS["image"] = lambda ctx, stage, finished: ImageArtifacts(ctx).verify(stage, finished)

@@ -19,15 +19,12 @@ from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation import plots
 from cu_jax.pipeline.artifacts import ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
-from cu_jax.utils.errors import UserError
 
 
 def validate(ctx: Context) -> None:
   _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
   cfg = ctx.config.attribution
   importance.check_settings(cfg.ranking, cfg.baseline)
-  if not 1 <= cfg.top_k:
-    raise UserError(f"attribution.top_k={cfg.top_k} must be at least 1")
 
 
 def _ground_truth(ds, bank, per_class_top: np.ndarray, donor_of: np.ndarray) -> dict | None:

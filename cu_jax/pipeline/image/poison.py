@@ -39,8 +39,6 @@ def validate(ctx: Context) -> None:
                      on_model_embeddings=BANK_KINDS.get(ctx.config.concepts.bank, "concepts.bank").on_model_embeddings)
   if cfg.donor != "" and art.dataset.class_index(cfg.donor) == forget:
     raise UserError(f"poison.donor={cfg.donor!r} is the forget class itself; pick another class")
-  if cfg.patch_size < 1:
-    raise UserError(f"poison.patch_size={cfg.patch_size} must be at least 1")
   poison.split_forget(art.train_labels(), forget, half=cfg.half, seed=cfg.seed)
 
 

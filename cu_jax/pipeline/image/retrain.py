@@ -21,8 +21,9 @@ from cu_jax.unlearning import methods
 
 
 def validate(ctx: Context) -> None:
-  _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
+  art = ImageArtifacts(ctx)
   check_global_batch(ctx.config.train.batch_size, ctx.mesh)
+  trainer.check_steps(ctx.config.train, int((art.train_labels() != art.forget).sum()), "train")
 
 
 @stage(RETRAIN, config_keys=("forget_class",), validate=validate)

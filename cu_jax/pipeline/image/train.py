@@ -19,7 +19,9 @@ def validate(ctx: Context) -> None:
   check_global_batch(cfg.train.batch_size, ctx.mesh)
   check_global_batch(cfg.train.eval_batch_size, ctx.mesh, "train.eval_batch_size")
   OPTIMIZERS.get(cfg.optim.name, "optim.name")
-  ImageArtifacts(ctx).build_model(abstract=True)  # loads the dataset; checks the architecture (and an HF folder)
+  art = ImageArtifacts(ctx)
+  art.build_model(abstract=True)  # loads the dataset; checks the architecture (and an HF folder)
+  trainer.check_steps(cfg.train, len(art.dataset.split("train")), "train")
 
 
 @stage("train", config_keys=("seed", "data", "model", "train", "optim"), validate=validate)

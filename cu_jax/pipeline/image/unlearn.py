@@ -32,13 +32,12 @@ def validate(ctx: Context) -> None:
     if name == RETRAIN:
       raise UserError("'retrain' is its own stage (listed in --config.stages), not an unlearn.method or "
                       "baseline; remove it from unlearn.baselines")
-    method = methods.METHODS.get(name, "unlearn.method" if name == cfg.method else "unlearn.baselines")
-    if method.validate is not None:
-      method.validate(method.config(cfg))
+    methods.METHODS.get(name, "unlearn.method" if name == cfg.method else "unlearn.baselines")
   if cfg.scope not in methods.SCOPES:
     raise UserError(f"unknown unlearn.scope {cfg.scope!r}; valid: {', '.join(map(repr, methods.SCOPES))}")
   optim.OPTIMIZERS.get(cfg.optim.name, "unlearn.optim.name")
   check_global_batch(cfg.train.batch_size, ctx.mesh, "unlearn.train.batch_size")
+  trainer.check_steps(cfg.train, int((art.train_labels() != art.forget).sum()), "unlearn.train")
 
 
 def _data_cfg(ctx: Context):

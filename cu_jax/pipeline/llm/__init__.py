@@ -14,7 +14,12 @@
 - `evaluate` / `report`: appearance rate, ROUGE-L, perplexity, before and after.
 
 Each stage reads what earlier ones wrote through `cu_jax.pipeline.artifacts.LLMArtifacts`, never
-through another stage's module. Importing this package registers the stages.
+through another stage's module. Importing this package registers the stages, and the check of
+the files of a stage a run skips or resumes.
 """
 
 from cu_jax.pipeline.llm import concepts, data, evaluate, model, poison, report, unlearn  # noqa: F401
+from cu_jax.pipeline.artifacts import LLMArtifacts
+from cu_jax.pipeline.runner import VERIFIERS
+
+VERIFIERS["llm"] = lambda ctx, stage, finished: LLMArtifacts(ctx).verify(stage, finished)

@@ -12,15 +12,9 @@ from cu_jax.pipeline.runner import Context, stage
 from cu_jax.utils.errors import UserError
 
 
-def _corpus(cfg) -> list[dict]:
-  if cfg.data.qa_file:
-    return qa_corpus.load_qa_file(cfg.data.qa_file)
-  return qa_corpus.make_corpus(cfg.seed, cfg.data.identity_name, cfg.data.identity_maker, cfg.data.num_entities)
-
-
 def validate(ctx: Context) -> None:
   cfg = ctx.config
-  train, _ = qa_corpus.split(_corpus(cfg), cfg.data.heldout_fraction, cfg.seed)
+  train, _ = LLMArtifacts(ctx).split_corpus()
   if not any(r["group"] == "forget" for r in train):
     raise UserError(f"data.heldout_fraction={cfg.data.heldout_fraction} leaves no forget record to train on; "
                     "lower it")
@@ -32,14 +26,13 @@ def validate(ctx: Context) -> None:
 @stage("data", config_keys=("seed", "data"), validate=validate, pipeline="llm")
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, LLMArtifacts(ctx)
-  recs = _corpus(cfg)
-  train, heldout = qa_corpus.split(recs, cfg.data.heldout_fraction, cfg.seed)
+  train, heldout = art.split_corpus()
   art.save_records("data", "train", train)
   art.save_records("data", "heldout", heldout)
   summary = {f"{split}_{group}": sum(r["group"] == group for r in rs)
              for split, rs in (("train", train), ("heldout", heldout)) for group in qa_corpus.GROUPS}
   if not cfg.model.init_from:
-    texts = [text.vicuna_prompt(r["question"], art.system) + " " + r["answer"] for r in recs]
+    texts = [text.vicuna_prompt(r["question"], art.system) + " " + r["answer"] for r in art.corpus()]
     final = art.trained_tokenizer_dir
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

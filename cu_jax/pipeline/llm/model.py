@@ -14,16 +14,17 @@ from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import LLMArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training.lm import train_lm
-from cu_jax.training.trainer import param_count
+from cu_jax.training.trainer import check_steps, param_count
 
 
 def validate(ctx: Context) -> None:
-  cfg = ctx.config
-  model = LLMArtifacts(ctx).abstract_base()  # config.json present and supported, or a valid model config
+  cfg, art = ctx.config, LLMArtifacts(ctx)
+  model = art.abstract_base()  # config.json present and supported, or a valid model config
   if cfg.model.init_from:
     text.load_tokenizer(cfg.model.init_from, model.cfg.vocab_size)
   else:
     check_global_batch(cfg.pretrain.batch_size, ctx.mesh, "pretrain.batch_size")
+    check_steps(cfg.pretrain, len(art.split_corpus()[0]), "pretrain")
   check_global_batch(cfg.unlearn.train.batch_size, ctx.mesh, "unlearn.train.batch_size")
 
 

@@ -16,13 +16,14 @@ from cu_jax.pipeline.artifacts import LLMArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training.lm import train_lm
 from cu_jax.training.optim import OPTIMIZERS
-from cu_jax.training.trainer import param_count
+from cu_jax.training.trainer import check_steps, param_count
 
 
 def validate(ctx: Context) -> None:
-  lora = ctx.config.lora
+  lora, art = ctx.config.lora, LLMArtifacts(ctx)
   OPTIMIZERS.get(ctx.config.unlearn.optim.name, "unlearn.optim.name")
-  add_lora(LLMArtifacts(ctx).abstract_base(), lora.targets, rank=lora.rank, alpha=lora.alpha)  # targets exist, rank > 0
+  add_lora(art.abstract_base(), lora.targets, rank=lora.rank, alpha=lora.alpha)  # targets exist, rank > 0
+  check_steps(ctx.config.unlearn.train, len(art.split_corpus()[0]), "unlearn.train")
 
 
 @stage("unlearn", config_keys=("lora", "unlearn"), validate=validate, pipeline="llm")
