@@ -17,6 +17,18 @@ def pytest_configure(config):
   assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS was set too late)"
 
 
+def snapshot(folder) -> dict[str, str]:
+  """relative path -> sha256 of every file under `folder` (to assert that a refused run changed nothing)."""
+  import hashlib
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def garbage(path) -> None:
+  """Overwrites a file with bytes that are no valid JSON, UTF-8, .npy, safetensors or orbax data."""
+  path.write_bytes(b"\xff\xfe not what it should be \x00" * 4)
+
+
 def load_config(variant=None):
   """`get_config(variant)` of configs/vit.py."""
   return _load(f"configs/vit.py:{variant or ''}")

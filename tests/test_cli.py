@@ -1,6 +1,5 @@
 """The command line end to end on the tiny config, and its answers to bad input."""
 
-import hashlib
 import json
 import os
 import pathlib
@@ -12,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import garbage as _garbage, snapshot as _snapshot
+
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -20,11 +21,6 @@ def _cli(workdir, *overrides, data_dir):
          f"--config.data.data_dir={data_dir}", *overrides]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _snapshot(folder: pathlib.Path) -> dict[str, str]:
-  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _one_line_error(proc) -> str:
@@ -168,10 +164,6 @@ def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
 def _truncate(path, keep=0.5):
   data = path.read_bytes()
   path.write_bytes(data[:int(len(data) * keep)])
-
-
-def _garbage(path):
-  path.write_bytes(b"\xff\xfe not what it should be \x00" * 4)
 
 
 def _pickled_npy(path):

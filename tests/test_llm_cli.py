@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import garbage as _garbage, snapshot as _snapshot
+
 ROOT = pathlib.Path(__file__).parents[1]
 STAGES = ("data", "model", "concepts", "poison", "unlearn", "evaluate", "report")
 
@@ -91,16 +93,6 @@ def test_llm_cli_bad_inputs(tmp_path):
   assert "max_len" in err
   for name in "abcd":
     assert not (tmp_path / name).exists(), name  # refused before anything was written
-
-
-def _snapshot(folder):
-  import hashlib
-  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _garbage(path):
-  path.write_bytes(b"\xff\xfe garbage \x00" * 8)
 
 
 def _resume_unlearn_from_a_damaged_checkpoint(w):

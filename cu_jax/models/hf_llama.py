@@ -44,6 +44,7 @@ from flax import nnx
 from cu_jax.models.llama import ROPE_TYPES, Llama, LlamaConfig
 from cu_jax.models.weights import read_config_json
 from cu_jax.utils.errors import UserError
+from cu_jax.utils.files import read_json, safetensors_header
 
 SUPPORTED = "model_type 'llama' (LlamaForCausalLM)"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -158,25 +159,15 @@ class SafetensorsFile:
 
   def __init__(self, path: pathlib.Path):
     self.path = path
-    try:
-      size = path.stat().st_size
-      with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, 100 << 20):
-          raise ValueError(f"header length {n}")
-        header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-      raise UserError(f"{path} is not a readable safetensors file ({e}); re-save the checkpoint") from None
-    header.pop("__metadata__", None)
-    self.entries: dict = header
-    self.data_start = 8 + n
-    for name, e in header.items():
+    header, self.data_start = safetensors_header(path)  # a damaged or truncated file is named
+    self.entries: dict = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, e in self.entries.items():
       begin, end = e["data_offsets"]
       dt = _DTYPES.get(e["dtype"])
       if dt is None:
         raise UserError(f"{path}: tensor {name} has dtype {e['dtype']}, not one of {', '.join(_DTYPES)}")
-      if end - begin != int(np.prod(e["shape"])) * np.dtype(dt).itemsize or self.data_start + end > size:
-        raise UserError(f"{path}: tensor {name} has inconsistent offsets (truncated file?); re-save it")
+      if end - begin != int(np.prod(e["shape"])) * np.dtype(dt).itemsize:
+        raise UserError(f"{path}: tensor {name} has inconsistent offsets; re-save it")
 
   @property
   def names(self) -> list[str]:
@@ -197,7 +188,7 @@ class SafetensorsFile:
 def _open_checkpoint(folder: pathlib.Path) -> dict[str, SafetensorsFile]:
   """tensor name -> the file that holds it, for `model.safetensors` or a sharded index."""
   if (folder / INDEX_FILE).is_file():
-    weight_map = json.loads((folder / INDEX_FILE).read_text()).get("weight_map") or {}
+    weight_map = read_json(folder / INDEX_FILE).get("weight_map") or {}
     files = {}
     for shard in sorted(set(weight_map.values())):
       if not (folder / shard).is_file():

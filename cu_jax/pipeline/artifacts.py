@@ -142,11 +142,15 @@ class ImageArtifacts(Workdir):
     return self.dataset.class_index(self.config.forget_class)
 
   def train_labels(self) -> np.ndarray:
-    """Labels of the train split (the `embed` cache when it exists, else read from the dataset)."""
+    """Labels of the train split: the `embed` cache when it exists, else read from the dataset once
+    per run (several stages' validation needs them before `embed` has run; 60k labels take ~5 s)."""
     cached = self.dir("embed") / "train_label.npy"
     if cached.exists():
       return self.load_array(cached)
-    return read_arrays(self.dataset.split("train"), keys=("label",))["label"].astype(np.int64)
+    if "train_labels" not in self.ctx.cache:
+      labels = read_arrays(self.dataset.split("train"), keys=("label",))["label"]
+      self.ctx.cache["train_labels"] = labels.astype(np.int64)
+    return self.ctx.cache["train_labels"]
 
   def method_names(self) -> list[str]:
     """The unlearning methods of the run: `unlearn.method` first, then the other baselines."""
@@ -330,17 +334,17 @@ class LLMArtifacts(Workdir):
 
   def records(self, split: str) -> list[dict]:
     """QA records of the `data` stage's `train` or `heldout` split."""
-    return qa_corpus.read_jsonl(self.dir("data") / f"{split}.jsonl")
+    return files.read_jsonl(self.dir("data") / f"{split}.jsonl")
 
   def save_records(self, stage: str, name: str, records: list[dict]) -> None:
     if self.ctx.primary:
       qa_corpus.write_jsonl(records, self.dir(stage) / f"{name}.jsonl")
 
   def poisoned(self) -> list[dict]:
-    return qa_corpus.read_jsonl(self.dir("poison") / "train.jsonl")
+    return files.read_jsonl(self.dir("poison") / "train.jsonl")
 
   def generations(self) -> list[dict]:
-    return qa_corpus.read_jsonl(self.dir("evaluate") / "generations.jsonl")
+    return files.read_jsonl(self.dir("evaluate") / "generations.jsonl")
 
   @property
   def trained_tokenizer_dir(self) -> pathlib.Path:

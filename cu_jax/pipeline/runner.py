@@ -83,6 +83,8 @@ class Context:
 
   def __init__(self, config, workdir: str | pathlib.Path, mesh):
     self.config, self.workdir, self.mesh = config, pathlib.Path(workdir), mesh
+    # Values read from the data that several stages of one run need (validation included), read once.
+    self.cache: dict[str, Any] = {}
 
   def stage_dir(self, name: str) -> pathlib.Path:
     return self.workdir / name
@@ -194,7 +196,8 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
     raise UserError(_damage_message(e, workdir, config.stages)) from None
   except OSError as e:
     where = e.filename or workdir
-    raise UserError(f"{where}: {e.strerror or e} (check that the path exists, is writable and has free space)") from None
+    raise UserError(f"{where}: {e.strerror or e} (check that the path exists, is writable and has free "
+                    "space)") from None
 
 
 def _run(config, workdir: pathlib.Path, mesh, overwrite: bool) -> dict[str, Any]:

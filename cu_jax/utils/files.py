@@ -92,8 +92,8 @@ def load_npy(path: str | pathlib.Path, mmap: bool = False) -> np.ndarray:
   return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
-def check_safetensors(path: str | pathlib.Path) -> dict[str, Any]:
-  """The JSON header of a safetensors file whose tensors fit in it."""
+def safetensors_header(path: str | pathlib.Path) -> tuple[dict[str, Any], int]:
+  """(JSON header, offset of the tensor data) of a safetensors file whose tensors fit in it."""
   path = pathlib.Path(path)
   try:
     with path.open("rb") as f:
@@ -115,7 +115,12 @@ def check_safetensors(path: str | pathlib.Path) -> dict[str, Any]:
   size = path.stat().st_size
   if size < 8 + n + end:
     raise DamagedFile(path, f"truncated: {size} bytes of {8 + n + end}")
-  return header
+  return header, 8 + n
+
+
+def check_safetensors(path: str | pathlib.Path) -> dict[str, Any]:
+  """The JSON header of a safetensors file whose tensors fit in it."""
+  return safetensors_header(path)[0]
 
 
 def load_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
