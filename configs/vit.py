@@ -7,6 +7,11 @@ Variants (`VARIANTS`):
           TPU pod.
 - demo    the offline demo: a small ViT trained from scratch on Fashion-MNIST (Debian package
           `dataset-fashion-mnist`) in a few minutes on a 2-core CPU.
+- own     your trained model and your images: `--config.train.trained=` a Hugging Face
+          ViTForImageClassification folder (architecture read from it) and `--config.data.path=` an
+          image folder (one sub-folder per class), `--config.concepts.file=` your class-attribute
+          table; the unlearned models are exported as Hugging Face folders (README, "Use it on
+          your model").
 - synthetic  a small ViT on the synthetic concept dataset (ground-truth concepts per image), for
           grading concept inference (benchmarks/concept_inference.py).
 - tiny    a seconds-long smoke run of every stage on a small synthetic concept dataset (tests, CI).
@@ -25,14 +30,16 @@ def base() -> mlc.ConfigDict:
   # `retrain` comes before `attribute`: a stage's fingerprint covers the sections of the stages before
   # it, so changing attribution / poison / unlearn settings keeps the expensive retrained model.
   c.stages = ("train", "embed", "concepts", "pcbm", "retrain", "attribute", "poison", "unlearn",
-              "evaluate", "report")
+              "evaluate", "report", "export")
   c.forget_class = "0"  # the class to erase: an index or a class name (case-insensitive)
 
   c.data = mlc.ConfigDict()
   c.data.name = "cifar10"
   c.data.data_dir = ""  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.idx_dir = ""  # fashion_mnist_idx only: "" = /usr/share/datasets/fashion-mnist
-  c.data.image_size = 0  # resize on device to this size; 0 = the dataset's own size
+  c.data.image_size = 0  # resize on device to this size (image_folder: store at it); 0 = the dataset's own size
+  c.data.path = ""  # image_folder: one sub-folder per class, or train/ and test/ with one each
+  c.data.test_fraction = 0.2  # image_folder without train/ and test/: each class's share held out
   c.data.mean = 0.5  # HF ViT normalisation: (x/255 - 0.5) / 0.5
   c.data.std = 0.5
   c.data.augment = mlc.ConfigDict({"crop_pad": 0, "flip": False})
@@ -40,6 +47,7 @@ def base() -> mlc.ConfigDict:
   c.model = mlc.ConfigDict()
   c.model.name = "vit"
   c.model.init_from = ""  # a Hugging Face ViTForImageClassification folder, or "" (random init)
+  # The architecture; 0 = as the Hugging Face folder of train.trained (else model.init_from) says.
   c.model.patch_size = 16
   c.model.width = 768
   c.model.depth = 12
@@ -51,6 +59,11 @@ def base() -> mlc.ConfigDict:
   c.model.dtype = "float32"
 
   c.train = mlc.ConfigDict()
+  # Your trained model as the original, used as it is instead of training one: a Hugging Face
+  # ViTForImageClassification folder whose id2label is the dataset's classes in order, or an orbax
+  # checkpoint of cu_jax's ViT (another run's train/checkpoints). "" = train it here with this
+  # section and `optim`.
+  c.train.trained = ""
   c.train.batch_size = 512  # global batch: fixed here, never derived from the device count
   c.train.num_epochs = 10.0
   c.train.num_steps = 0  # > 0 overrides num_epochs
@@ -59,6 +72,12 @@ def base() -> mlc.ConfigDict:
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 2
+
+  c.retrain = mlc.ConfigDict()
+  # The retrained reference, given: a model trained without the forget class (the forms train.trained
+  # takes). "" = trained here by the base recipe (train/optim, from model.init_from) on the retained
+  # classes.
+  c.retrain.trained = ""
 
   c.optim = mlc.ConfigDict()
   c.optim.name = "sgd"
@@ -146,6 +165,11 @@ def base() -> mlc.ConfigDict:
   c.evaluate.mia_draws = 100  # mia_fr pools this many attackers, each fit on its own balanced subsample
   c.evaluate.seed = 0
 
+  c.export = mlc.ConfigDict()
+  # Write the original, every unlearned model and the retrained one as Hugging Face
+  # ViTForImageClassification folders (export/<model>/), to serve with transformers.
+  c.export.hf = False
+
   c.mesh = mlc.ConfigDict()
   c.mesh.num_devices = 0  # 0 = every visible device
   # On a CPU host: split it into this many XLA devices (0 = leave XLA's default of one). Two
@@ -185,6 +209,24 @@ def demo(c: mlc.ConfigDict) -> mlc.ConfigDict:
   return c
 
 
+def own(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  c.data.name = "image_folder"
+  c.data.image_size = 224  # images are stored at this size: the size your model was trained at
+  c.data.augment.flip = True
+  c.model.update(patch_size=0, width=0, depth=0, heads=0, mlp_dim=0)  # as train.trained's config.json says
+  # The retrained reference uses this recipe, from model.init_from (set it to the checkpoint your
+  # model was fine-tuned from) or from scratch; or give it: --config.retrain.trained=DIR.
+  c.train.update(batch_size=64, num_epochs=3.0, eval_batch_size=256, log_every_steps=20,
+                 checkpoint_every_steps=200)
+  c.optim.update(name="adamw", lr=1e-4, weight_decay=0.05, warmup_steps=50, final_lr_ratio=0.01)
+  c.unlearn.train.update(batch_size=64, num_epochs=1.0, log_every_steps=20, checkpoint_every_steps=200)
+  c.unlearn.optim.update(name="adamw", lr=1e-4, weight_decay=0.0)
+  c.unlearn.baselines = ("finetune", "neggrad", "random_label", "scrub")
+  c.evaluate.retain_train_examples = 2000
+  c.export.hf = True
+  return c
+
+
 def synthetic(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c.forget_class = "0"
   c.data.name = "synthetic_concepts"
@@ -212,7 +254,7 @@ def tiny(c: mlc.ConfigDict) -> mlc.ConfigDict:
   return c
 
 
-VARIANTS = {"paper": paper, "demo": demo, "synthetic": synthetic, "tiny": tiny}
+VARIANTS = {"paper": paper, "demo": demo, "own": own, "synthetic": synthetic, "tiny": tiny}
 DEFAULT = "paper"
 
 

@@ -159,6 +159,27 @@ def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
   assert done["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-6)
 
 
+def test_cli_a_previous_runs_checkpoints_are_the_original_and_the_retrained_model(finished_run, tmp_path):
+  """--config.train.trained / retrain.trained = another run's checkpoints: loaded, not trained, the
+  same models."""
+  from safetensors.numpy import load_file
+  workdir, data_dir, _ = finished_run
+  reference = json.loads((workdir / "train" / "done.json").read_text())
+  proc = _cli(tmp_path / "given", f"--config.train.trained={workdir / 'train' / 'checkpoints'}",
+              f"--config.retrain.trained={workdir / 'retrain' / 'checkpoints'}", "--config.stages=('train','retrain')",
+              "--config.optim.name=sgd", data_dir=data_dir)  # (whatever optimizer wrote the checkpoints)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  done = json.loads((tmp_path / "given" / "train" / "done.json").read_text())
+  assert done["steps"] == 0 and not (tmp_path / "given" / "train" / "checkpoints").exists()
+  assert done["test"] == reference["test"]
+  for stage in ("train", "retrain"):
+    ours, theirs = (load_file(w / stage / "model.safetensors") for w in (tmp_path / "given", workdir))
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+  bad = _cli(tmp_path / "bad", f"--config.train.trained={tmp_path / 'nowhere'}", data_dir=data_dir)
+  assert bad.returncode == 2 and "train.trained=" in _one_line_error(bad) and "does not exist" in bad.stderr
+  assert not (tmp_path / "bad" / "train").exists()
+
+
 # ------------------------------------------------------------------ damaged artifacts, bad paths
 
 def _truncate(path, keep=0.5):
@@ -179,9 +200,13 @@ def _checkpoint_step(workdir, stage="train"):
 DAMAGE = [
     ("train checkpoint metadata", lambda w: _garbage(_checkpoint_step(w) / "state" / "_METADATA"), (),
      "state/_METADATA is damaged (not JSON"),
-    ("train checkpoint data, model re-read", lambda w: ([_truncate(f, 0.1) for f in (_checkpoint_step(w) / "state"
-                                                        / "ocdbt.process_0" / "d").iterdir()],
-                                                       shutil.rmtree(w / "embed")), (), "orbax cannot read it"),
+    ("original model truncated, model re-read", lambda w: (_truncate(w / "train" / "model.safetensors"),
+                                                          shutil.rmtree(w / "embed")), (),
+     "train/model.safetensors is damaged (truncated"),
+    ("train checkpoint data, resumed", lambda w: ([_truncate(f, 0.1) for f in (_checkpoint_step(w) / "state"
+                                                  / "ocdbt.process_0" / "d").iterdir()],
+                                                 [(w / "train" / f).unlink() for f in ("done.json", "model.safetensors")]),
+     ("--config.stages=('train',)",), "orbax cannot read it"),
     ("checkpoint manager metadata", lambda w: _garbage(_checkpoint_step(w) / "_CHECKPOINT_METADATA"), (),
      "_CHECKPOINT_METADATA is damaged"),
     ("retrained model truncated", lambda w: _truncate(w / "retrain" / "model.safetensors"), (),

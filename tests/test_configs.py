@@ -23,6 +23,20 @@ def test_variants_build(variant):
   vit_config(cfg.model, image_size=cfg.data.image_size or native, channels=1, num_classes=10)
 
 
+def test_own_variant_takes_the_architecture_from_the_trained_folder(tmp_path):
+  """`own` leaves the architecture to train.trained's config.json; without one it says what to set."""
+  import json
+  from cu_jax.utils.errors import UserError
+  cfg = _get_config("own")
+  hf = dict(model_type="vit", hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
+            patch_size=8, image_size=224, num_channels=3, id2label={"0": "a", "1": "b"})
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  vit = vit_config(cfg.model, image_size=224, channels=3, num_classes=2, architecture_from=str(tmp_path))
+  assert (vit.patch_size, vit.width, vit.depth, vit.heads, vit.mlp_dim) == (8, 48, 3, 4, 96)
+  with pytest.raises(UserError, match=r"model.patch_size=0 means 'as the Hugging Face folder says'.*--config.train.trained"):
+    vit_config(cfg.model, image_size=224, channels=3, num_classes=2)
+
+
 def test_unknown_variant_lists_the_valid_ones():
   with pytest.raises(ValueError, match="paper .*demo.*tiny"):
     _get_config("huge")
@@ -51,7 +65,7 @@ def test_paper_config_lowers_on_eight_devices():
   assert "num_partitions = 8" in lowered.as_text() or "mhlo.num_partitions = 8" in lowered.as_text()
 
 
-@pytest.mark.parametrize("spec", ["configs/vit.py:", "configs/vit.py:demo", "configs/vit.py:synthetic",
+@pytest.mark.parametrize("spec", ["configs/vit.py:", "configs/vit.py:demo", "configs/vit.py:own", "configs/vit.py:synthetic",
                                   "configs/vit.py:tiny", "configs/llama.py:", "configs/llama.py:demo",
                                   "configs/llama.py:tiny"])
 def test_every_numeric_field_has_a_declared_range_that_its_default_meets(spec):

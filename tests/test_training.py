@@ -110,12 +110,21 @@ def test_global_batch_not_divisible_is_a_clear_error(toy_source, tmp_path):
   assert not (tmp_path / "bad").exists()
 
 
-def test_checkpoint_of_another_shape_is_refused(toy_source, tmp_path):
-  _run(toy_source, tmp_path, "ck", 1, train=dict(num_steps=3))
-  wide = ViT(ViTConfig(image_size=8, channels=1, patch_size=4, width=48, depth=2, heads=2, mlp_dim=64,
-                       num_classes=4), rngs=nnx.Rngs(0))
+def test_a_training_checkpoint_restores_as_a_trained_model(toy_source, tmp_path):
+  """Another run's checkpoints as a given trained model: only its parameters, whatever optimizer
+  wrote them, restored on 8 devices; a checkpoint of another shape is refused, nothing written."""
+  from cu_jax.models.trained import check_trained, load_trained
+  result = _run(toy_source, tmp_path, "ck", 1, train=dict(num_steps=3))
+  target = nnx.eval_shape(lambda: _model())
+  assert check_trained(str(tmp_path / "ck"), target, "abcd", image_size=8, field="train.trained") == "orbax"
+  restored = load_trained(str(tmp_path / "ck" / "3"), target, make_mesh(8))
+  assert jax.tree.leaves(restored)[0].sharding.mesh.size == 8
+  for a, b in zip(jax.tree.leaves(restored), _params(result)):
+    np.testing.assert_array_equal(a, b)
+  wide = nnx.eval_shape(lambda: ViT(ViTConfig(image_size=8, channels=1, patch_size=4, width=48, depth=2,
+                                              heads=2, mlp_dim=64, num_classes=4), rngs=nnx.Rngs(0)))
   before = sorted(p.name for p in (tmp_path / "ck").iterdir())
-  with pytest.raises(UserError, match=r"does not match the model .*\(1, 5, 32\).*\(1, 5, 48\)|"
-                                      r"does not match the model"):
-    trainer.restore_params(wide, tmp_path / "ck", make_mesh(1), OPTIM, 3)
+  with pytest.raises(UserError, match=r"train.trained: the checkpoint .* does not match the model .*"
+                                      r"checkpoint \(32,\) vs model \(48,\)"):
+    check_trained(str(tmp_path / "ck"), wide, "abcd", image_size=8, field="train.trained")
   assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before

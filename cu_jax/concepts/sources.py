@@ -34,12 +34,14 @@ class ConceptLabels:
 CONCEPT_SOURCES: Registry = Registry("concept source")
 
 
-def _read_json(path: str, default_name: str) -> tuple[dict, str]:
+def _read_json(path: str, ds: Dataset, suffix: str) -> tuple[dict, str]:
+  """The user's concept file, or the one shipped for the dataset (`<name><suffix>.json`)."""
   if path:
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
       raise UserError(f"concept file {path!r} does not exist; fix --config.concepts.file")
     return json.loads(file.read_text()), str(file)
+  default_name = _default_file(ds, suffix)
   resource = importlib.resources.files("cu_jax.concepts") / "data" / default_name
   return json.loads(resource.read_text()), f"cu_jax/concepts/data/{default_name}"
 
@@ -61,7 +63,7 @@ def _default_file(ds: Dataset, suffix: str) -> str:
 
 @CONCEPT_SOURCES.register("attributes")
 def attribute_labels(ds: Dataset, cfg, train_labels: np.ndarray) -> ConceptLabels:
-  table, where = _read_json(cfg.get("file", ""), _default_file(ds, "_attributes"))
+  table, where = _read_json(cfg.get("file", ""), ds, "_attributes")
   names = tuple(table["attributes"])
   has = np.zeros((ds.num_classes, len(names)), bool)
   for j, name in enumerate(names):
@@ -84,7 +86,7 @@ def per_image_labels(ds: Dataset, cfg, train_labels: np.ndarray) -> ConceptLabel
 
 def load_concept_list(ds: Dataset, path: str = "") -> dict[str, list[str]]:
   """class name (as the dataset spells it) -> concept names, checked against the dataset's classes."""
-  data, where = _read_json(path, _default_file(ds, ""))
+  data, where = _read_json(path, ds, "")
   classes = data.get("classes", data)
   indices = _class_indices(ds, list(classes), where)
   return {ds.class_names[i]: list(concepts) for i, concepts in zip(indices, classes.values())}

@@ -1,7 +1,8 @@
 """Dataset registry: a config name -> a prepared TFDS builder read through `as_data_source`.
 
 Two kinds of entries:
-- builders cu_jax prepares itself from local files (`fashion_mnist_idx`, `digits`): prepared into
+- builders cu_jax prepares itself from local files (`fashion_mnist_idx`, `digits`, `image_folder`:
+  your own images, `cu_jax.data.image_folder`): prepared into
   `data_dir` on first use (process 0 only on a pod), then read like any TFDS dataset;
 - official TFDS datasets (`cifar10`, `cifar100`, `fashion_mnist`), accepted by name from a
   `data_dir` where a user prepared them in array_record format (BUILD.md says how).
@@ -129,6 +130,14 @@ def _synthetic(config_name: str):
 
 DATASETS.register("synthetic_concepts")(_synthetic("default"))
 DATASETS.register("synthetic_concepts_small")(_synthetic("small"))
+
+
+@DATASETS.register("image_folder")
+def _image_folder(cfg) -> tfds.core.DatasetBuilder:
+  from cu_jax.data.image_folder import ImageFolder, scan
+  folder = scan(cfg.get("path", ""), cfg.get("image_size", 0), cfg.get("test_fraction", 0.2))
+  return _prepare_local(lambda: ImageFolder(folder=folder, test_fraction=cfg.get("test_fraction", 0.2),
+                                            data_dir=cfg.data_dir, file_format="array_record"))
 
 
 @DATASETS.register("digits")

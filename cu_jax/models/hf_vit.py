@@ -160,3 +160,95 @@ def load_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
     params["head"] = nnx.to_pure_dict(nnx.state(model.head, nnx.Param))
   assign_checked(model, params, folder, kind="ViT", fix="make --config.model match the checkpoint")
   return model
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+def params_to_hf(params: dict, cfg: ViTConfig) -> dict[str, np.ndarray]:
+  """The nested pure dict of our `ViT` parameters -> `ViTForImageClassification` tensor names
+  (the inverse of `hf_to_params`)."""
+  if cfg.pool != "cls":
+    raise UserError(f"a ViT with pool={cfg.pool!r} has no Hugging Face equivalent (ViTForImageClassification "
+                    "classifies the CLS token); export needs --config.model.pool=cls")
+  a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
+  out: dict[str, np.ndarray] = {}
+
+  def linear(name: str, p: dict) -> None:
+    out[name + ".weight"] = a(np.asarray(p["kernel"]).T)
+    if "bias" in p:
+      out[name + ".bias"] = a(p["bias"])
+
+  def norm(name: str, p: dict) -> None:
+    out[name + ".weight"], out[name + ".bias"] = a(p["scale"]), a(p["bias"])
+
+  kernel = np.asarray(params["patch_embed"]["kernel"])  # (p*p*C, D), rows (kh, kw, c)
+  p, c = cfg.patch_size, cfg.channels
+  out["vit.embeddings.patch_embeddings.projection.weight"] = a(kernel.reshape(p, p, c, -1).transpose(3, 2, 0, 1))
+  out["vit.embeddings.patch_embeddings.projection.bias"] = a(params["patch_embed"]["bias"])
+  out["vit.embeddings.cls_token"] = a(params["cls_token"])
+  out["vit.embeddings.position_embeddings"] = a(params["pos_embed"])
+  for i in range(cfg.depth):
+    block, pre = params["blocks"][i], f"vit.encoder.layer.{i}."
+    norm(pre + "layernorm_before", block["ln1"])
+    norm(pre + "layernorm_after", block["ln2"])
+    for name in ("query", "key", "value"):
+      linear(pre + "attention.attention." + name, block["attn"][name])
+    linear(pre + "attention.output.dense", block["attn"]["out"])
+    linear(pre + "intermediate.dense", block["mlp"]["fc1"])
+    linear(pre + "output.dense", block["mlp"]["fc2"])
+  norm("vit.layernorm", params["norm"])
+  linear("classifier", params["head"])
+  return out
+
+
+def hf_config(cfg: ViTConfig, class_names) -> dict:
+  """config.json of the `ViTForImageClassification` equivalent of a `ViT` of config `cfg`."""
+  if len(class_names) != cfg.num_classes:
+    raise ValueError(f"{len(class_names)} class names for a {cfg.num_classes}-class model")
+  return {
+      "architectures": ["ViTForImageClassification"], "model_type": "vit",
+      "hidden_size": cfg.width, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.heads,
+      "intermediate_size": cfg.mlp_dim, "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout,
+      "attention_probs_dropout_prob": cfg.attn_dropout, "initializer_range": 0.02,
+      "layer_norm_eps": cfg.layer_norm_eps, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+      "num_channels": cfg.channels, "qkv_bias": cfg.qkv_bias, "encoder_stride": cfg.patch_size,
+      "id2label": {str(i): name for i, name in enumerate(class_names)},
+      "label2id": {name: i for i, name in enumerate(class_names)}, "torch_dtype": "float32",
+  }
+
+
+def preprocessor_config(cfg: ViTConfig, mean, std) -> dict:
+  """preprocessor_config.json for `ViTImageProcessor`: the preprocessing cu_jax trained with (bilinear
+  resize to the model's size, x / 255, then (x - mean) / std per channel)."""
+  per_channel = lambda v: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * cfg.channels)]
+  return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+          "size": {"height": cfg.image_size, "width": cfg.image_size}, "resample": 2, "do_rescale": True,
+          "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": per_channel(mean),
+          "image_std": per_channel(std)}
+
+
+def save_hf_vit(model: ViT, folder: str | pathlib.Path, *, class_names, mean=0.5, std=0.5) -> pathlib.Path:
+  """Writes `model` as a Hugging Face `ViTForImageClassification` folder (config.json with
+  `id2label`, model.safetensors, preprocessor_config.json), loadable with `from_pretrained`.
+
+  The folder is written under a temporary name and renamed: an existing export is replaced only
+  by a complete one."""
+  import json
+  import shutil
+
+  from safetensors.numpy import save_file
+
+  cfg = model.cfg
+  tensors = params_to_hf(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg)
+  folder = pathlib.Path(folder).expanduser()
+  tmp = folder.with_name(folder.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  (tmp / "config.json").write_text(json.dumps(hf_config(cfg, list(class_names)), indent=2) + "\n")
+  (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(cfg, mean, std), indent=2) + "\n")
+  save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+  if folder.exists():
+    shutil.rmtree(folder)
+  tmp.rename(folder)
+  return folder

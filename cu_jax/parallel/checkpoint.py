@@ -101,6 +101,37 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return restored["state"]
 
+  def _saved_params(self, step: int | None, field: str) -> tuple[int, Any]:
+    step = self.latest_step() if step is None else step
+    with self._reading(step):
+      saved = self._manager.item_metadata(step)["state"]
+    if saved is None or "params" not in saved:
+      raise UserError(f"{field}: the checkpoint {self.directory}/{step} holds no 'params'; give a checkpoint "
+                      "written by a cu_jax training run (its train/checkpoints folder)")
+    return step, saved
+
+  def check_params(self, step: int | None, target: Any, field: str) -> tuple[int, Any]:
+    """Checks that the `params` of checkpoint `step` (default: latest; any optimizer state beside
+    them is ignored) have `target`'s names and shapes; returns (the step, its metadata tree)."""
+    step, saved = self._saved_params(step, field)
+    problems = _shape_mismatches(saved["params"], abstract_like(target))
+    if problems:
+      raise UserError(f"{field}: the checkpoint {self.directory}/{step} does not match the model "
+                      f"({len(problems)} mismatches, first: {problems[0]}); set --config.model.* to the "
+                      "architecture it was trained with")
+    return step, saved
+
+  def restore_params(self, step: int | None, target: Any) -> Any:
+    """Only the `params` of checkpoint `step` (default: latest), whatever optimizer wrote it, into
+    `target` (an `nnx.State` of ShapeDtypeStructs with shardings, every leaf the same sharding)."""
+    step, saved = self.check_params(step, target, str(self.directory))
+    sharding = jax.tree.leaves(target)[0].sharding
+    everything = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
+    with self._reading(step):
+      restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(everything)))
+    by_path = {_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(restored["state"]["params"])}
+    return jax.tree_util.tree_map_with_path(lambda p, _: by_path[_path(p)], target)
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

@@ -5,18 +5,21 @@ workdir holds one folder per stage (`<workdir>/<stage>/`, with the runner's `con
 `done.json`); inside them:
 
 Image pipeline (`ImageArtifacts`)
-  train/      checkpoints/ (orbax), metrics.jsonl, metrics.json      the original model
+  train/      model.safetensors, metrics.json; checkpoints/ (orbax),  the original model (trained here,
+              metrics.jsonl when trained here                        or given by train.trained)
   embed/      {train,test}_{embed,logits,label}.npy                  its outputs, cached
   concepts/   bank.{safetensors,json}, bank_all.*; for a text bank also {train,test}_embed.npy
               (the CLIP image features the bank lives in)
   pcbm/       head.safetensors                                       the concept bottleneck head
-  retrain/    checkpoints/, metrics.jsonl, model.safetensors         the retrained reference
+  retrain/    model.safetensors; checkpoints/, metrics.jsonl          the retrained reference
   attribute/  concepts.json (key concepts, donor), importance_ig*.npy, presence.npy,
               saliency_maps.npy, *.png
   poison/     {index,image,label,target,retain_index}.npy, poisoned.png
   unlearn/    <method>/{checkpoints/, metrics.jsonl, model.safetensors, summary.json}
-  evaluate/   metrics.json, loss_<model>_<subset>.npy, importance_<model>.npy
+  evaluate/   metrics.json, loss_<model>_<subset>.npy, importance_<model>.npy, tensorboard/<model>/
   report/     report.json, report.md, *.png
+  export/     <model>/{config.json, model.safetensors, preprocessor_config.json}  (export.hf: Hugging
+              Face ViTForImageClassification folders of the original, each method, the retrained model)
 
 LLM pipeline (`LLMArtifacts`)
   data/       train.jsonl, heldout.jsonl, tokenizer/ (a model trained here)
@@ -24,9 +27,10 @@ LLM pipeline (`LLMArtifacts`)
   concepts/   concepts.json, concepts.png
   poison/     train.jsonl (the fine-tuning set)
   unlearn/    checkpoints/, metrics.jsonl, adapters.safetensors, hf/ (the unlearned model)
-  evaluate/   generations.jsonl
+  evaluate/   generations.jsonl, tensorboard/{before,after}/
   report/     report.json, report.md, metrics.png
 
+Every metrics.jsonl has a TensorBoard event file beside it (`tensorboard --logdir=<workdir>`).
 Arrays are .npy without pickle, models safetensors or orbax, the rest JSON. Only process 0 writes
 (`Context.primary`); every process may read.
 """
@@ -34,6 +38,7 @@ Arrays are .npy without pickle, models safetensors or orbax, the rest JSON. Only
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -46,16 +51,18 @@ from cu_jax.concepts.bank import ConceptBank
 from cu_jax.data import qa_corpus, text
 from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation.targets import ORIGINAL, RETRAIN  # the two reference models' names
+from cu_jax.models import trained as given
 from cu_jax.models.factory import build_model
 from cu_jax.models.hf_llama import llama_config_from_hf, load_hf_llama, read_hf_llama_config
 from cu_jax.models.llama import Llama, LlamaConfig
 from cu_jax.parallel.checkpoint import Checkpointer, load_params, save_params
 from cu_jax.parallel.mesh import fsdp_spec
 from cu_jax.pipeline.runner import Context
-from cu_jax.training import trainer
+from cu_jax.training.steps import replicate
 from cu_jax.utils import files
 from cu_jax.utils.errors import UserError
-from cu_jax.utils.progress import write_json
+from cu_jax.utils.config import flatten
+from cu_jax.utils.progress import board, write_json
 
 _CHECKS = {".json": files.read_json, ".jsonl": files.read_jsonl, ".npy": files.check_npy,
            ".safetensors": files.check_safetensors}
@@ -98,6 +105,20 @@ class Workdir:
   def load_array(path: pathlib.Path, mmap: bool = False) -> np.ndarray:
     return files.load_npy(path, mmap)
 
+  def write_audit_board(self, results: dict[str, dict]) -> None:
+    """The audit's figures as TensorBoard scalars beside the training curves: one run per model
+    (`evaluate/tensorboard/<model>`), a tag `audit/<metric>` each, at step 0 (process 0)."""
+    if not self.ctx.primary:
+      return
+    folder = self.dir("evaluate") / "tensorboard"
+    shutil.rmtree(folder, ignore_errors=True)  # (a resumed evaluation writes them again)
+    for model, metrics in results.items():
+      writer = board(folder / model)
+      for key, value in flatten(metrics).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          writer.add_scalar(f"audit/{key.replace('.', '/')}", value, 0)
+      writer.close()
+
   def verify(self, stage: str, finished: bool) -> None:
     """Cheap checks of a stage's files before a run reads them (`files.DamagedFile` if one is bad):
     the files a finished stage always writes exist, every JSON / JSON-lines / .npy / safetensors
@@ -123,7 +144,7 @@ class Workdir:
 class ImageArtifacts(Workdir):
   """The image pipeline's workdir (module docstring)."""
 
-  OUTPUTS = {"train": ("checkpoints", "metrics.json"),
+  OUTPUTS = {"train": ("model.safetensors", "metrics.json"),
              "embed": tuple(f"{split}_{k}.npy" for split in SPLITS for k in EMBED_KEYS),
              "concepts": ("bank.safetensors", "bank.json"), "pcbm": ("head.safetensors",),
              "retrain": ("model.safetensors",), "attribute": ("concepts.json", "presence.npy"),
@@ -170,18 +191,31 @@ class ImageArtifacts(Workdir):
     ds = self.dataset
     return build_model(self.config, ds.image_shape, ds.num_classes, abstract=abstract)
 
+  def check_given(self, path: str, field: str) -> str:
+    """A trained model given by config field `field` fits this dataset and config (see
+    `cu_jax.models.trained`); returns its kind."""
+    model = self.build_model(abstract=True)
+    return given.check_trained(path, model, self.dataset.class_names, image_size=model.cfg.image_size, field=field)
+
+  def load_given(self, path: str):
+    """(graphdef, replicated params) of a given trained model."""
+    model = self.build_model(abstract=True)
+    return nnx.graphdef(model), given.load_trained(path, model, self.ctx.mesh)
+
   @property
   def train_checkpoints(self) -> pathlib.Path:
     return self.dir("train") / "checkpoints"
 
   def trained(self):
-    """(graphdef, replicated params) of the original model: the `train` stage's last checkpoint."""
-    return trainer.restore_params(self.build_model(), self.train_checkpoints, self.ctx.mesh, self.config.optim,
-                                  self.done("train")["steps"])
+    """(graphdef, replicated params) of the original model (`train/model.safetensors`)."""
+    graphdef, params = self.load_model(ORIGINAL)
+    return graphdef, replicate(params, self.ctx.mesh)
 
   def model_file(self, name: str) -> pathlib.Path:
-    """The safetensors file of the retrained model (`retrain`) or of an unlearning method."""
-    return self.dir(RETRAIN) / "model.safetensors" if name == RETRAIN else self.method_dir(name) / "model.safetensors"
+    """The safetensors file of the original (`original`), the retrained model (`retrain`) or of an
+    unlearning method."""
+    folder = {ORIGINAL: self.dir("train"), RETRAIN: self.dir(RETRAIN)}.get(name) or self.method_dir(name)
+    return folder / "model.safetensors"
 
   def save_model(self, params, name: str) -> None:
     if self.ctx.primary:
@@ -189,11 +223,13 @@ class ImageArtifacts(Workdir):
 
   def load_model(self, name: str):
     """(graphdef, params) of the original (`original`), the retrained (`retrain`) or an unlearned model."""
-    if name == ORIGINAL:
-      return self.trained()
-    model = self.build_model()
+    model = self.build_model(abstract=True)  # the weights come from the file, not from model.init_from
     load_params(model, self.model_file(name))
     return nnx.split(model, nnx.Param)
+
+  def export_dir(self, name: str) -> pathlib.Path:
+    """The Hugging Face folder a model is exported to (the `export` stage)."""
+    return self.dir("export") / name
 
   def method_dir(self, name: str) -> pathlib.Path:
     return self.dir("unlearn") / name

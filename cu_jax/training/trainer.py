@@ -116,20 +116,9 @@ def run_steps(name: str, loader: TrainLoader, train_step, state, ckpt: Checkpoin
         on_step(done, state)
   finally:
     ckpt.close()
+    if writer:
+      writer.close()
   return state, time.perf_counter() - t0
-
-
-def restore_params(model: nnx.Module, checkpoint_dir: str | pathlib.Path, mesh, optim_cfg,
-                   total_steps: int) -> tuple[nnx.GraphDef, Any]:
-  """The parameters of the latest checkpoint of a finished `train` run, replicated on `mesh`."""
-  tx, _ = optim.make_optimizer(optim_cfg, total_steps)
-  graphdef, state = steps.init_state(model, tx)
-  ckpt = Checkpointer(checkpoint_dir, save_every=1, async_save=False)
-  try:
-    restored = ckpt.restore(None, steps.replicate(state, mesh))
-  finally:
-    ckpt.close()
-  return graphdef, restored["params"]
 
 
 def param_count(params: Any) -> int:

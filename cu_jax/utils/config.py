@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections as mlc
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def load_config(spec: str) -> mlc.ConfigDict:
-  """`path[:variant]` -> `get_config(variant)` of that file (relative paths: from the repo root)."""
+def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> mlc.ConfigDict:
+  """`path[:variant]` -> `get_config(variant)` of that file (relative paths: from the working
+  directory, else the repo root), with `overrides` applied: {"unlearn.method": "scrub", ...}, as
+  `--config.unlearn.method=scrub` on the command line."""
   path, _, variant = spec.partition(":")
   file = pathlib.Path(path)
   if not file.is_absolute() and not file.exists():
@@ -21,7 +23,19 @@ def load_config(spec: str) -> mlc.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(f"cu_jax_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+  config = module.get_config(variant or None)
+  for key, value in (overrides or {}).items():
+    *sections, field = key.split(".")
+    node = config
+    try:
+      for section in sections:
+        node = node[section]
+      if field not in node:
+        raise KeyError(field)
+      node[field] = value
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"cannot set config field {key!r} to {value!r}: {e}") from None
+  return config
 
 
 def apply_variant(base: Callable[[], mlc.ConfigDict], variants: dict[str, Callable[[mlc.ConfigDict], mlc.ConfigDict]],

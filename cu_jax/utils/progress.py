@@ -1,4 +1,5 @@
-"""Progress lines (step, loss, steps/s, examples/s, ETA) and JSON-lines metric files."""
+"""Progress lines (step, loss, steps/s, examples/s, ETA), JSON-lines metric files and TensorBoard
+event files beside them (tensorboardX: no TensorFlow; view with `tensorboard --logdir=<workdir>`)."""
 
 from __future__ import annotations
 
@@ -41,16 +42,20 @@ class Progress:
 
 
 class JsonlWriter:
-  """Appends one JSON object a line (process 0 only).
+  """Appends one JSON object a line (process 0 only), and every number of it as a TensorBoard
+  scalar at its `step` to an event file in the same folder.
 
   `resume_step`: the training step the run starts from. Records of later steps, left by a run
   that was killed after its last checkpoint, are dropped first (the resumed run logs them again),
-  so every step appears once.
+  so every step appears once; TensorBoard is told the same (`purge_step`: it drops those steps).
   """
 
   def __init__(self, path: str | pathlib.Path, resume_step: int | None = None):
     self.path = pathlib.Path(path)
-    if resume_step is not None and jax.process_index() == 0 and self.path.exists():
+    self._primary = jax.process_index() == 0
+    self._board = None
+    self._purge_step = resume_step + 1 if resume_step else None
+    if resume_step is not None and self._primary and self.path.exists():
       lines = self.path.read_text().splitlines()
       kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= resume_step]
       if len(kept) != len(lines):
@@ -59,11 +64,28 @@ class JsonlWriter:
         tmp.replace(self.path)
 
   def write(self, record: dict[str, Any]) -> None:
-    if jax.process_index() != 0:
+    if not self._primary:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+    if "step" in record:
+      if self._board is None:
+        self._board = board(self.path.parent, purge_step=self._purge_step)
+      for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+          self._board.add_scalar(key, value, int(record["step"]))
+
+  def close(self) -> None:
+    if self._board is not None:
+      self._board.close()
+      self._board = None
+
+
+def board(folder: str | pathlib.Path, **kwargs):
+  """A TensorBoard event-file writer for `folder` (one TensorBoard run per folder)."""
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(str(folder), flush_secs=10, **kwargs)
 
 
 def _step_of(line: str) -> int | None:

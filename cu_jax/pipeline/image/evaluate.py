@@ -107,4 +107,5 @@ def run(ctx: Context) -> dict:
              "subset_sizes": {s: int(len(v)) for s, v in labels.items()}, "metrics": results,
              "mia_fr_attacker": attacker}
   art.write_json(art.metrics_file, summary)
+  art.write_audit_board(results)
   return {"models": names, "forget_class": summary["forget_class"]}

@@ -111,7 +111,7 @@ def run(ctx: Context) -> dict:
   timings = {"stages": {k: v["wall_s"] for k, v in stages.items() if v}}
   if stages.get("unlearn"):
     timings["unlearn_methods"] = {k: v["train_wall_s"] for k, v in stages["unlearn"]["methods"].items()}
-  if stages.get(RETRAIN):
+  if stages.get(RETRAIN) and "train_wall_s" in stages[RETRAIN]:  # (not for a given retrained model)
     timings["retrain"] = stages[RETRAIN]["train_wall_s"]
   method = cfg.unlearn.method
   with_ref = [n for n in names if n not in (ORIGINAL, RETRAIN) and metrics[n].get("agreement_forget") is not None]

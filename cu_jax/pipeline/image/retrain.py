@@ -1,7 +1,9 @@
 """Stage `retrain`: the reference every unlearning method is compared with.
 
-The base recipe (the train/optim sections, same seed and initialisation) on the retained classes
-only, never a forget sample; writes `retrain/model.safetensors`. It sits right after `pcbm` in the
+The base recipe (the train/optim sections, same seed and initialisation: `model.init_from` when
+set) on the retained classes only, never a forget sample; or given as it is (`retrain.trained`, a
+model trained without the forget class, in the forms `train.trained` takes). Writes
+`retrain/model.safetensors`. It sits right after `pcbm` in the
 default stage order: a stage's fingerprint covers the config of the stages before it, so placed
 there, changing `attribution`, `poison` or `unlearn` settings never throws away the (expensive)
 retrained model.
@@ -22,14 +24,21 @@ from cu_jax.unlearning import methods
 
 def validate(ctx: Context) -> None:
   art = ImageArtifacts(ctx)
+  if ctx.config.retrain.trained:
+    art.check_given(ctx.config.retrain.trained, "retrain.trained")
+    return
   check_global_batch(ctx.config.train.batch_size, ctx.mesh)
   trainer.check_steps(ctx.config.train, int((art.train_labels() != art.forget).sum()), "train")
 
 
-@stage(RETRAIN, config_keys=("forget_class",), validate=validate)
+@stage(RETRAIN, config_keys=("forget_class", "retrain"), validate=validate)
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, ImageArtifacts(ctx)
   ds, forget, out = art.dataset, art.forget, art.dir(RETRAIN)
+  if cfg.retrain.trained:
+    _, params = art.load_given(cfg.retrain.trained)
+    art.save_model(params, RETRAIN)
+    return {"given": cfg.retrain.trained, "steps": 0}
   labels = art.train_labels()
   keep = np.flatnonzero(labels != forget)
   images = read_arrays(ds.split("train"), keep, keys=("image",))["image"]

@@ -9,20 +9,16 @@ model's logits, its config section, a parameter mask) is declared where it is re
 
 from __future__ import annotations
 
-import time
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from cu_jax.data.datasets import ArraySource, read_arrays
+from cu_jax.data.datasets import read_arrays
 from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training import optim, trainer
 from cu_jax.unlearning import methods
+from cu_jax.unlearning.run import unlearn as run_method
 from cu_jax.utils.errors import UserError
 
 
@@ -38,16 +34,6 @@ def validate(ctx: Context) -> None:
   optim.OPTIMIZERS.get(cfg.optim.name, "unlearn.optim.name")
   check_global_batch(cfg.train.batch_size, ctx.mesh, "unlearn.train.batch_size")
   trainer.check_steps(cfg.train, int((art.train_labels() != art.forget).sum()), "unlearn.train")
-
-
-def _data_cfg(ctx: Context):
-  """The data section for fine-tuning: augmentation off unless `unlearn.augment` (a poison patch
-  stays where it was pasted; SCRUB's teacher logits are those of the unaugmented images)."""
-  data_cfg = ctx.config.data.copy_and_resolve_references()
-  if not ctx.config.unlearn.augment:
-    with data_cfg.unlocked():
-      data_cfg.augment.crop_pad, data_cfg.augment.flip = 0, False
-  return data_cfg
 
 
 def _unlearn_data(ctx: Context, art: ImageArtifacts, needs: set[str]) -> methods.UnlearnData:
@@ -68,29 +54,11 @@ def _unlearn_data(ctx: Context, art: ImageArtifacts, needs: set[str]) -> methods
 
 
 def _unlearn_one(ctx: Context, art: ImageArtifacts, name: str, data: methods.UnlearnData, graphdef, params) -> dict:
-  cfg, out = ctx.config.unlearn, art.method_dir(name)
-  t0 = time.perf_counter()
-  data_cfg = _data_cfg(ctx)
-  method = methods.METHODS.get(name)
-  columns = methods.fine_tuning_set(name, data, cfg)
-  model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))  # the train step donates its state
-  mask = methods.SCOPES[cfg.scope](params)
-  if method.param_mask is not None:
-    mask = method.param_mask(graphdef, params, data, method.config(cfg), data_cfg=data_cfg, mesh=ctx.mesh,
-                             batch_size=cfg.train.batch_size, base_mask=mask)
-  # (before training: the train step donates its state, and the mask lives in it)
-  trained = None if mask is None else sum(float(m.sum()) for m in jax.tree.leaves(mask)) / trainer.param_count(params)
-  result = trainer.train(model, ArraySource(**columns), train_cfg=cfg.train, optim_cfg=cfg.optim,
-                         data_cfg=data_cfg, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints",
-                         seed=ctx.config.seed, loss_fn=methods.unlearning_loss(cfg.ascent_cap),
-                         metrics_path=out / "metrics.jsonl", name=f"unlearn {name}", keys=tuple(columns),
-                         update_mask=mask)
-  art.save_model(result.state["params"], name)
-  summary = {"method": name, "steps": result.total_steps, "num_examples": len(columns["image"]),
-             "scope": cfg.scope, "wall_s": time.perf_counter() - t0, "train_wall_s": result.wall_s,
-             "train_examples_per_s": result.examples_per_s, "resumed_from_step": result.resumed_from}
-  if trained is not None:
-    summary["trained_fraction"] = trained
+  out = art.method_dir(name)
+  unlearned, summary = run_method(graphdef, params, name, data, ctx.config.unlearn, ctx.config.data, ctx.mesh,
+                                  checkpoint_dir=out / "checkpoints", seed=ctx.config.seed,
+                                  metrics_path=out / "metrics.jsonl")
+  art.save_model(unlearned, name)
   art.write_json(out / "summary.json", summary)
   return summary
 

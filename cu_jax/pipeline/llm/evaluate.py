@@ -35,5 +35,6 @@ def run(ctx: Context) -> dict:
     rows += [{"model": name, "set": s, "question": r["question"], "reference": r["answer"], "generated": g}
              for s, recs in sets.items() for r, g in zip(recs, gens[s])]
   art.save_records("evaluate", "generations", rows)
+  art.write_audit_board(results)
   return {"before": results["before"], "after": results["after"], "concept": words,
           "examples": {s: len(v) for s, v in sets.items()}}
