@@ -147,3 +147,30 @@ def test_own_run_writes_tensorboard_events(own_run):
   audit.Reload()
   metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())["metrics"]["concept_poison"]
   assert audit.Scalars("audit/acc_forget_test")[0].value == pytest.approx(metrics["acc_forget_test"])
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("classes in another order", "are the dataset's in another order ['apple', 'cherry', 'leaf']"),
+    ("no image folder", "data.path='' is not a folder"),
+    ("no trained model", "model.patch_size=0 means 'as the Hugging Face folder says'"),
+])
+def test_own_model_bad_input_is_one_line_and_writes_nothing(own_run, tmp_path, case, expected):
+  import shutil
+  workdir, _, _ = own_run
+  root = workdir.parent
+  trained = tmp_path / "my-vit"
+  shutil.copytree(root / "my-vit", trained)
+  if case == "classes in another order":
+    config = json.loads((trained / "config.json").read_text())
+    config["id2label"] = {"0": "cherry", "1": "apple", "2": "leaf"}
+    (trained / "config.json").write_text(json.dumps(config))
+  flags = {"no image folder": ["--config.data.path="], "no trained model": ["--config.train.trained="]}.get(case, [])
+  cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/vit.py:own", f"--workdir={tmp_path / 'run'}",
+         f"--config.train.trained={trained}", f"--config.data.path={root / 'images'}",
+         f"--config.data.data_dir={root / 'tfds'}", f"--config.data.image_size={SIZE}", *flags]
+  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=300)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert not any((tmp_path / "run").glob("*/done.json"))
