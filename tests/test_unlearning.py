@@ -263,3 +263,19 @@ def test_metrics_declare_how_the_report_shows_them():
   assert {m.name for m in metrics.table_metrics() if m.percent} == {
       "acc_forget_train", "acc_forget_test", "acc_retain_train", "acc_retain_test", "agreement_forget"}
   assert "per_class_accuracy" not in shown and metrics.METRICS.get("relearn_steps").fn is None
+
+
+def test_api_unlearn_on_params_with_a_teacher_method(base):
+  """`cu_jax.unlearn` on (graphdef, params) and numpy arrays: scrub (the API computes its teacher
+  logits) forgets the class, keeps the rest, returns the same form and leaves the input alone."""
+  import cu_jax
+  config = cu_jax.load_config("configs/vit.py:tiny", {"unlearn.train.num_steps": 30, "unlearn.train.batch_size": 64,
+                                                     "unlearn.optim.lr": 3e-3})
+  d = base["data"]
+  before = jax.tree.map(np.array, base["params"])
+  graphdef, params = cu_jax.unlearn((base["graphdef"], base["params"]), "scrub", retain_images=d.retain_image,
+                                    retain_labels=d.retain_label, forget_images=d.forget_image, config=config)
+  forget_after, retain_after = _split_accuracy(graphdef, steps.replicate(params, make_mesh(8)), base["test"])
+  assert forget_after < 0.2 and retain_after > 0.8
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(base["params"])):
+    np.testing.assert_array_equal(a, b)
