@@ -103,6 +103,11 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.optim.lr=-1.0", "--config.optim.lr=-1.0 is out of range: it must be a number > 0"),
     ("--config.train.num_epochs=0.0", "train.num_epochs=0.0 and train.num_steps=0 give 0 training steps"),
     ("--config.data.data_dir=/etc/hostname", "data.data_dir='/etc/hostname' is a file, not a folder"),
+    ("--workdir=gs://bucket/run", "--workdir 'gs://bucket/run' is a URL"),
+    ("--config.attribution.method=simpson", "unknown attribution.method 'simpson'; valid: 'riemann_left'"),
+    ("--config.evaluate.relearn_batch_size=64", "evaluate.relearn_batch_size=64 is larger than "
+     "evaluate.relearn_examples=32"),
+    ("--config.poison.labels=keep", "poison.labels='keep' with poison.images='none' poisons nothing"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
   extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []

@@ -153,6 +153,7 @@ def test_own_run_writes_tensorboard_events(own_run):
     ("classes in another order", "are the dataset's in another order ['apple', 'cherry', 'leaf']"),
     ("no image folder", "data.path='' is not a folder"),
     ("no trained model", "model.patch_size=0 means 'as the Hugging Face folder says'"),
+    ("one test image of the forget class", "the forget class 'apple' has 1 test images; the audit"),
 ])
 def test_own_model_bad_input_is_one_line_and_writes_nothing(own_run, tmp_path, case, expected):
   import shutil
@@ -164,10 +165,17 @@ def test_own_model_bad_input_is_one_line_and_writes_nothing(own_run, tmp_path, c
     config = json.loads((trained / "config.json").read_text())
     config["id2label"] = {"0": "cherry", "1": "apple", "2": "leaf"}
     (trained / "config.json").write_text(json.dumps(config))
+  images = root / "images"
+  if case == "one test image of the forget class":
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    for file in sorted((images / "test" / "apple").iterdir())[1:]:
+      file.unlink()
   flags = {"no image folder": ["--config.data.path="], "no trained model": ["--config.train.trained="]}.get(case, [])
   cmd = [sys.executable, "-m", "cu_jax.main", "--config=configs/vit.py:own", f"--workdir={tmp_path / 'run'}",
-         f"--config.train.trained={trained}", f"--config.data.path={root / 'images'}",
-         f"--config.data.data_dir={root / 'tfds'}", f"--config.data.image_size={SIZE}", *flags]
+         f"--config.train.trained={trained}", f"--config.data.path={images}", "--config.forget_class=apple",
+         f"--config.concepts.file={root / 'attributes.json'}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+         f"--config.data.image_size={SIZE}", *flags]
   proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
                         timeout=300)
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

@@ -128,3 +128,25 @@ def test_a_training_checkpoint_restores_as_a_trained_model(toy_source, tmp_path)
                                       r"checkpoint \(32,\) vs model \(48,\)"):
     check_trained(str(tmp_path / "ck"), wide, "abcd", image_size=8, field="train.trained")
   assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(toy_source, tmp_path):
+  """An absurd learning rate: the loss becomes NaN/inf; training stops naming the step and the lr,
+  and the checkpoints on disk are from before the divergence (finite parameters)."""
+  from cu_jax.parallel.checkpoint import Checkpointer
+  wild = mlc.ConfigDict(dict(name="sgd", lr=1e12, momentum=0.9, warmup_steps=2, grad_clip_norm=0.0,
+                             final_lr_ratio=1.0))
+  with pytest.raises(UserError, match=r"train: the loss is (nan|inf|-inf) at step \d+ \(learning rate .*\); training "
+                                      r"stopped, (the last good checkpoint \(step \d+\) is kept|no checkpoint)"):
+    _run(toy_source, tmp_path, "wild", 1, optim=wild, train=dict(num_steps=40, checkpoint_every_steps=1,
+                                                                 log_every_steps=1000))
+  ckpt = Checkpointer(tmp_path / "wild", save_every=1, async_save=False)
+  try:
+    kept = ckpt._manager.all_steps()
+    assert kept  # steps before the divergence were saved
+    for step in kept:
+      params = ckpt.restore_params(step, jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+          nnx.state(nnx.eval_shape(_model), nnx.Param)))
+      assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
+  finally:
+    ckpt.close()

@@ -124,6 +124,21 @@ def test_saliency_mask_keeps_the_requested_fraction():
   assert float(mask["a"].sum() + mask["b"].sum()) == pytest.approx(60, abs=1)
 
 
+def test_salun_mask_under_head_scope_trains_only_the_head(base):
+  """scope=head: the saliency threshold is taken over the head's parameters, so the mask keeps
+  (1 - sparsity) of the head and nothing else (a threshold over the whole model would be 0 there,
+  since the other gradients were zeroed, and keep every parameter)."""
+  section = mlc.ConfigDict(dict(sparsity=0.5))
+  head = methods.head_mask(base["params"])
+  mask = salun.salun_mask(base["graphdef"], base["params"], base["data"], section, data_cfg=PLAIN, mesh=make_mesh(8),
+                          batch_size=64, base_mask=head)
+  flat_mask, flat_head = (dict(nnx.traversals.flatten_mapping(nnx.to_pure_dict(t))) for t in (mask, head))
+  head_size = sum(float(v.sum()) for v in flat_head.values())
+  kept = {k: float(np.asarray(v).sum()) for k, v in flat_mask.items()}
+  assert all(kept[k] == 0 for k in kept if k[0] != "head")
+  assert sum(kept.values()) == pytest.approx(0.5 * head_size, abs=2)
+
+
 def test_ascent_is_capped():
   """A forget sample with a negative weight stops pushing once its loss is past the cap."""
   class Fixed(nnx.Module):

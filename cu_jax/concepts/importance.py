@@ -35,8 +35,12 @@ RANKINGS = ("ig", "weight")
 BASELINES = ("mean", "zeros")  # IG baseline of the concept scores
 
 
-def check_settings(ranking: str, baseline: str) -> None:
-  """Refuses an unknown ranking or IG baseline (`attribution.ranking` / `attribution.baseline`)."""
+def check_settings(ranking: str, baseline: str, method: str = "gausslegendre") -> None:
+  """Refuses an unknown ranking, IG baseline or quadrature rule (`attribution.ranking` /
+  `attribution.baseline` / `attribution.method`)."""
+  from cu_jax.attribution.ig import QUADRATURE_RULES
+  if method not in QUADRATURE_RULES:
+    raise UserError(f"unknown attribution.method {method!r}; valid: {', '.join(map(repr, QUADRATURE_RULES))}")
   if ranking not in RANKINGS:
     raise UserError(f"unknown attribution.ranking {ranking!r}; valid: {', '.join(map(repr, RANKINGS))}")
   if baseline not in BASELINES:

@@ -57,6 +57,10 @@ class Checkpointer:
     with self._reading(None):
       return self._manager.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` would write a checkpoint (the save interval)."""
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Saves if `step` is on the save interval (or `force`); returns whether it saved."""
     return self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),

@@ -187,6 +187,12 @@ def run_pipeline(config, workdir: str | pathlib.Path, mesh, *, overwrite: bool =
   damaged file found then or later, and a path that cannot be read or written, end in one
   `UserError` naming it.
   """
+  if "://" in str(workdir):
+    # JSON, .npy and safetensors files are written by local file operations with atomic renames,
+    # which object stores do not have; a mount gives them (and orbax, which could write gs://).
+    raise UserError(f"--workdir {str(workdir)!r} is a URL: cu_jax writes its workdir through a file system; mount the "
+                    "bucket on every host (e.g. gcsfuse) or use a shared file system (Filestore, NFS) and give that "
+                    "path")
   workdir = pathlib.Path(workdir).expanduser().absolute()
   check_ranges(config)  # before anything is planned, deleted (--overwrite) or written
   _check_workdir(workdir)

@@ -7,6 +7,7 @@ source, the loss function and the config section.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import time
 from typing import Any, Callable
@@ -105,8 +106,11 @@ def run_steps(name: str, loader: TrainLoader, train_step, state, ckpt: Checkpoin
     for step, batch in loader.iterate(start, total):
       state, metrics = train_step(state, batch)
       done = step + 1
+      if ckpt.should_save(done) or done == total:  # never checkpoint a diverged state
+        check_finite(name, float(jax.device_get(metrics["loss"])), done, float(schedule(step)), ckpt)
       if done % log_every == 0 or done == total:
         record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        check_finite(name, record["loss"], done, float(schedule(step)), ckpt)
         record["lr"] = float(schedule(step))
         timing = progress.report(done, record)
         if writer:
@@ -119,6 +123,15 @@ def run_steps(name: str, loader: TrainLoader, train_step, state, ckpt: Checkpoin
     if writer:
       writer.close()
   return state, time.perf_counter() - t0
+
+
+def check_finite(name: str, loss: float, step: int, lr: float, ckpt: Checkpointer) -> None:
+  """Stops a diverged run (NaN or infinite loss) in one line; its checkpoints stay as they were."""
+  if not math.isfinite(loss):
+    kept = ckpt.latest_step()
+    raise UserError(f"{name}: the loss is {loss} at step {step} (learning rate {lr:.3g}); training stopped, "
+                    + (f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written")
+                    + ": lower the learning rate (or raise the warm-up) and run again")
 
 
 def param_count(params: Any) -> int:

@@ -237,6 +237,10 @@ def check_needs(label_strategy: str, image_strategy: str, *, inferred: bool, don
   bank lives in the classifier's own embedding space (a CAV bank), so a concept can be traced back
   to pixels.
   """
+  if label_strategy == "keep" and image_strategy == "none":
+    raise UserError("poison.labels='keep' with poison.images='none' poisons nothing: the forget samples keep their "
+                    "labels and images, so concept_poison would fine-tune on the original data; choose another "
+                    "poison.labels, or an image strategy (e.g. --config.poison.images=localized)")
   for option, registry, name in (("poison.labels", LABELS, label_strategy), ("poison.images", IMAGES, image_strategy)):
     for need in sorted(registry.get(name, option).needs):
       what, user_can_give = NEEDS[need]

@@ -24,7 +24,7 @@ from cu_jax.pipeline.runner import Context, stage
 def validate(ctx: Context) -> None:
   _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
   cfg = ctx.config.attribution
-  importance.check_settings(cfg.ranking, cfg.baseline)
+  importance.check_settings(cfg.ranking, cfg.baseline, cfg.method)
 
 
 def _ground_truth(ds, bank, per_class_top: np.ndarray, donor_of: np.ndarray) -> dict | None:

@@ -25,11 +25,23 @@ from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import ORIGINAL, RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training import predict, steps
+from cu_jax.utils.errors import UserError
 
 
 def validate(ctx: Context) -> None:
-  _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
-  check_global_batch(ctx.config.evaluate.relearn_batch_size, ctx.mesh, "evaluate.relearn_batch_size")
+  art, cfg = ImageArtifacts(ctx), ctx.config.evaluate
+  forget = art.forget  # raises for a class the dataset does not have
+  check_global_batch(cfg.relearn_batch_size, ctx.mesh, "evaluate.relearn_batch_size")
+  if cfg.relearn_batch_size > cfg.relearn_examples:
+    raise UserError(f"evaluate.relearn_batch_size={cfg.relearn_batch_size} is larger than "
+                    f"evaluate.relearn_examples={cfg.relearn_examples} (the forget samples the relearn test "
+                    "fine-tunes on); lower the batch or raise the examples")
+  test_labels = read_arrays(art.dataset.split("test"), keys=("label",))["label"]
+  for split, labels in (("train", art.train_labels()), ("test", test_labels)):
+    if int((labels == forget).sum()) < 2:
+      raise UserError(f"the forget class {art.dataset.class_names[forget]!r} has {int((labels == forget).sum())} "
+                      f"{split} images; the audit (membership inference, relearn test) needs at least 2 in each "
+                      "split")
 
 
 def _subsets(ctx: Context, art: ImageArtifacts) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
