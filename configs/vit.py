@@ -37,6 +37,9 @@ def base() -> mlc.ConfigDict:
   c.data.name = "cifar10"
   c.data.data_dir = ""  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.idx_dir = ""  # fashion_mnist_idx only: "" = /usr/share/datasets/fashion-mnist
+  # cifar10 / cifar100 not prepared by TFDS: the folder with cifar-10-binary.tar.gz /
+  # cifar-100-binary.tar.gz ("" = <data_dir>/downloads/manual), prepared once without TensorFlow
+  c.data.archive_dir = ""
   c.data.image_size = 0  # resize on device to this size (image_folder: store at it); 0 = the dataset's own size
   c.data.path = ""  # image_folder: one sub-folder per class, or train/ and test/ with one each
   c.data.test_fraction = 0.2  # image_folder without train/ and test/: each class's share held out

@@ -266,6 +266,11 @@ def test_bad_folders(checkpoints, tmp_path):
     p.unlink()
   with pytest.raises(UserError, match="has no model.safetensors"):
     hf_llama.load_hf_llama(no_weights)
+  (no_weights / "pytorch_model.bin").write_bytes(b"\x80\x02 not unpickled")
+  with pytest.raises(UserError, match=r"holds pytorch_model.bin \(PyTorch pickles, which cu_jax does not unpickle\).*"
+                                      r"from_pretrained\('.*no_weights', torch_dtype='auto'\)"
+                                      r"\.save_pretrained\('.*no_weights-safetensors', safe_serialization=True\)"):
+    hf_llama.load_hf_llama(no_weights)
 
   taken = tmp_path / "taken"
   taken.mkdir()

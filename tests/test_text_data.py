@@ -309,3 +309,23 @@ def test_concept_words_surface_from_concentrated_attributions(tok, corpus):
     per_answer.append(tc.merge_subwords(tok, ids, scores))
   ranked = tc.top_k(tc.aggregate(per_answer), 3)
   assert {w for w, _ in ranked} == {"quokka", "amberline", "labs"}
+
+
+def test_a_sentencepiece_only_tokenizer_folder_loads(corpus, tmp_path):
+  """A LLaMA/Vicuna tokenizer shipped as `tokenizer.model` only (a sentencepiece model trained here,
+  offline): loaded through transformers, it encodes as sentencepiece itself does, pads with unk."""
+  import io
+  import sentencepiece as spm
+  lines = [f"{r['question']} {r['answer']}" for r in corpus[:200]]
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=proto, vocab_size=200, model_type="bpe",
+                                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
+                                 minloglevel=2)
+  (tmp_path / "tokenizer.model").write_bytes(proto.getvalue())
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+  tokenizer = text.load_tokenizer(tmp_path, model_vocab_size=200)
+  reference = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+  for line in lines[:20]:
+    assert tokenizer.encode(line, add_special_tokens=False) == reference.encode(line)
+  assert tokenizer.pad_token == "<unk>" and tokenizer.eos_token_id == 2 and tokenizer.bos_token_id == 1

@@ -20,22 +20,10 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import dataset_info as dataset_info_lib
 
+from cu_jax.data.cifar import CIFAR10_NAMES, CIFAR100_FINE_NAMES  # noqa: F401 (the official class lists)
+
 # The label names the official CIFAR builders read from the archives' meta files
 # (`batches.meta.txt`, `fine_label_names.txt`, `coarse_label_names.txt`).
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck")
-CIFAR100_FINE_NAMES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
-    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
-    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
-    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
-    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
-    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
-    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
-    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm")
 CIFAR100_COARSE_NAMES = (
     "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
     "household_electrical_devices", "household_furniture", "insects", "large_carnivores",

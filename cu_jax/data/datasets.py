@@ -145,9 +145,22 @@ def _digits(cfg) -> tfds.core.DatasetBuilder:
   return _prepare_local(lambda: builders.SklearnDigits(data_dir=cfg.data_dir, file_format="array_record"))
 
 
+def _cifar_binary(name: str, cfg) -> tfds.core.DatasetBuilder:
+  """CIFAR from its official binary archive in `data.archive_dir` (default `<data_dir>/downloads/manual`),
+  prepared once into `data_dir` by cu_jax's builder (no TensorFlow)."""
+  from cu_jax.data.cifar import CifarBinary, read_archive
+  archive_dir = cfg.get("archive_dir", "") or str(pathlib.Path(cfg.data_dir) / "downloads" / "manual")
+  make = lambda: CifarBinary(config=name, archive_dir=archive_dir, data_dir=cfg.data_dir, file_format="array_record")
+  if not make().is_prepared():
+    read_archive(name, archive_dir)  # a missing or damaged archive is named before TFDS starts writing
+  return _prepare_local(make)
+
+
 def _official(name: str):
   def make(cfg) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(name, data_dir=cfg.data_dir)
+    if not builder.is_prepared() and name in ("cifar10", "cifar100"):
+      return _cifar_binary(name, cfg)  # (the official TFDS build needs TensorFlow; the binary archive does not)
     if not builder.is_prepared():
       raise UserError(
           f"TFDS dataset {name!r} is not prepared in data_dir {cfg.data_dir!r}: prepare it in "

@@ -203,8 +203,15 @@ def _open_checkpoint(folder: pathlib.Path) -> dict[str, SafetensorsFile]:
   if (folder / SINGLE_FILE).is_file():
     f = SafetensorsFile(folder / SINGLE_FILE)
     return {name: f for name in f.names}
+  pickled = sorted(p.name for p in folder.glob("*.bin"))
+  convert = ("convert it once, on a machine you trust with it, with `python -c \"from transformers import "
+             f"AutoModelForCausalLM as M; M.from_pretrained('{folder}', torch_dtype='auto')"
+             f".save_pretrained('{folder}-safetensors', safe_serialization=True)\"` and point at the new folder")
+  if pickled:
+    raise UserError(f"{folder} holds {', '.join(pickled[:2])}{' ...' if len(pickled) > 2 else ''} (PyTorch pickles, "
+                    f"which cu_jax does not unpickle) and no {SINGLE_FILE} or {INDEX_FILE}; {convert}")
   raise UserError(f"{folder} has no {SINGLE_FILE} or {INDEX_FILE}; save the model with "
-                  "`save_pretrained(..., safe_serialization=True)` (pytorch_model.bin is not read)")
+                  "`save_pretrained(..., safe_serialization=True)`")
 
 
 def _write_safetensors(path: pathlib.Path, tensors: list[tuple[str, tuple, np.dtype, Callable]]) -> int:

@@ -37,7 +37,7 @@ from cu_jax.utils.registry import Registry
 
 # Config fields, in any section, that say where things are or how often to log and checkpoint (or
 # how many examples go through one evaluation call), not what is computed: never fingerprinted.
-NOT_FINGERPRINTED = frozenset({"data_dir", "idx_dir", "log_every_steps", "checkpoint_every_steps",
+NOT_FINGERPRINTED = frozenset({"data_dir", "idx_dir", "archive_dir", "log_every_steps", "checkpoint_every_steps",
                                "keep_checkpoints", "eval_batch_size"})
 
 
