@@ -205,6 +205,28 @@ def test_localized_patch_lands_where_the_attribution_peaks():
   assert (out[1, 0:3, 9:12] == 200).all() and out[1].sum() == 200 * 9
 
 
+def test_localized_poison_at_a_resize_keeps_maps_and_patches_in_the_stored_frame():
+  """The model sees 8x8 images resized to 16x16 on device: the key-concept maps are taken w.r.t.
+  the stored pixels (8x8), so the patch corners computed from them fall inside the stored images
+  and the pasted patch changes exactly a patch-sized box of each."""
+  from cu_jax.attribution.saliency import concept_saliency
+  resized = mlc.ConfigDict({**PLAIN.to_dict(), "image_size": 16})
+  model = ViT(ViTConfig(image_size=16, channels=1, patch_size=4, width=32, depth=2, heads=2, mlp_dim=64,
+                        num_classes=K), rngs=nnx.Rngs(0))
+  images, _ = _quadrants(6, 3)
+  vector = np.random.default_rng(0).normal(size=32).astype(np.float32)
+  maps = concept_saliency(model, images, vector, 0.0, resized, n_steps=8)
+  assert maps.shape == (6, 8, 8) and np.abs(maps).sum() > 0
+  donors = np.full((2, 8, 8, 1), 255, np.uint8)
+  spec = poison.ImageSpec(donors, patch_size=3, forget_maps=maps, donor_maps=maps[:2])
+  out = poison.IMAGES.get("localized")(images, spec, np.random.default_rng(0))
+  corners = poison.box_peaks(maps, 3)
+  assert ((corners >= 0) & (corners <= 8 - 3)).all()
+  for image, new, (r, c) in zip(images, out, corners):
+    changed = np.argwhere((image != new)[..., 0])
+    assert len(changed) > 0 and (changed >= [r, c]).all() and (changed < [r + 3, c + 3]).all()
+
+
 def test_split_forget_half_and_empty():
   labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
   forget, retain = poison.split_forget(labels, 2, half=True, seed=0)
