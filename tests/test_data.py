@@ -78,8 +78,12 @@ def test_missing_fashion_mnist_folder_says_how_to_install(tmp_path):
 
 
 def test_unprepared_official_dataset_is_a_clear_error(tmp_path):
-  cfg = mlc.ConfigDict(dict(name="cifar10", data_dir=str(tmp_path)))
-  with pytest.raises(UserError, match="'cifar10' is not prepared.*array_record"):
+  cfg = mlc.ConfigDict(dict(name="fashion_mnist", data_dir=str(tmp_path)))
+  with pytest.raises(UserError, match="'fashion_mnist' is not prepared.*array_record"):
+    load_dataset(cfg)
+  cfg = mlc.ConfigDict(dict(name="cifar10", data_dir=str(tmp_path)))  # (no binary archive either)
+  with pytest.raises(UserError, match=r"downloads/manual/cifar-10-binary.tar.gz not found: .*or point "
+                                      r"--config.data.data_dir at a TFDS-prepared cifar10"):
     load_dataset(cfg)
   with pytest.raises(UserError, match="unknown dataset 'cifar11'.*valid: .*cifar10"):
     load_dataset(mlc.ConfigDict(dict(name="cifar11", data_dir=str(tmp_path))))
