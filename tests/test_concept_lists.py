@@ -65,3 +65,22 @@ def test_fashion_mnist_attribute_table():
           for name in FASHION_MNIST}
   for a, b in itertools.combinations(FASHION_MNIST, 2):
     assert rows[a] != rows[b], f"{a} and {b} have the same attributes"
+
+
+@pytest.mark.parametrize("dataset, names", [("cifar10", CIFAR10), ("cifar100", CIFAR100)])
+def test_cifar_attribute_labels_come_from_the_shipped_concept_lists(dataset, names):
+  """The paper config's CAV bank (concepts.source=attributes) on CIFAR needs no file of the user's:
+  the shipped class -> concepts list, read as a class-attribute table, labels every train image."""
+  import ml_collections as mlc
+  import numpy as np
+  from cu_jax.concepts.sources import attribute_labels
+  from cu_jax.data.datasets import Dataset
+  ds = Dataset(name=dataset, splits={}, class_names=tuple(names), image_shape=(32, 32, 3))
+  labels = np.arange(len(names)).repeat(3)
+  found = attribute_labels(ds, mlc.ConfigDict({"file": ""}), labels)
+  lists = _load(f"{dataset}.json")["classes"]
+  assert set(found.names) == {c for concepts in lists.values() for c in concepts}
+  for i, image_label in enumerate(labels):
+    shown = {found.names[j] for j in np.flatnonzero(found.labels[i])}
+    assert shown == set(lists[names[image_label]])
+  assert found.info["file"].startswith(f"cu_jax/concepts/data/{dataset}.json")

@@ -1,7 +1,7 @@
 """Where concepts come from: per-example concept labels for CAVs, or concept names for a text bank.
 
-- `attributes`: a class-attribute table (Fashion-MNIST ships one): an example shows an attribute
-  when its class has it.
+- `attributes`: a class-attribute table (Fashion-MNIST ships one; for CIFAR-10/100 the shipped
+  concept lists are read as one): an example shows an attribute when its class has it.
 - `labels`: per-image ground-truth concept labels stored in the dataset (`synthetic_concepts`).
 - concept lists (`load_concept_list`): class -> concept names, shipped for CIFAR-10/100 and
   Fashion-MNIST (ConceptNet-style, written offline), for the text (CLIP) bank.
@@ -61,9 +61,26 @@ def _default_file(ds: Dataset, suffix: str) -> str:
   return f"{_PACKAGED[ds.name]}{suffix}.json"
 
 
+def _attribute_table(ds: Dataset, path: str) -> tuple[dict, str]:
+  """{"attributes": {attribute: [classes]}} and where it came from: the user's file, the table
+  shipped for the dataset, or else its shipped class -> concepts list read as one (a class has
+  an attribute when the concept is in its list)."""
+  name = _PACKAGED.get(ds.name)
+  shipped = name is not None and (importlib.resources.files("cu_jax.concepts") / "data" /
+                                  f"{name}_attributes.json").is_file()
+  if path or shipped or name is None:
+    return _read_json(path, ds, "_attributes")
+  lists, where = _read_json("", ds, "")
+  table: dict[str, list[str]] = {}
+  for cls, concepts in lists["classes"].items():
+    for concept in concepts:
+      table.setdefault(concept, []).append(cls)
+  return {"attributes": table}, f"{where} (class -> concepts, as a class-attribute table)"
+
+
 @CONCEPT_SOURCES.register("attributes")
 def attribute_labels(ds: Dataset, cfg, train_labels: np.ndarray) -> ConceptLabels:
-  table, where = _read_json(cfg.get("file", ""), ds, "_attributes")
+  table, where = _attribute_table(ds, cfg.get("file", ""))
   names = tuple(table["attributes"])
   has = np.zeros((ds.num_classes, len(names)), bool)
   for j, name in enumerate(names):
