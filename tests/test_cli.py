@@ -108,6 +108,7 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.evaluate.relearn_batch_size=64", "evaluate.relearn_batch_size=64 is larger than "
      "evaluate.relearn_examples=32"),
     ("--config.poison.labels=keep", "poison.labels='keep' with poison.images='none' poisons nothing"),
+    ("--config.concepts.bank=text", "concepts.bank='text' needs a CLIP checkpoint folder"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
   extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []

@@ -109,3 +109,15 @@ def test_unknown_pipeline_and_stage_are_user_errors(tmp_path):
     runner.plan(mlc.ConfigDict({"pipeline": "nope", "stages": ()}), tmp_path, False)
   with pytest.raises(UserError, match="unknown fake stage 'd' \\(set --config.stages=...\\)"):
     runner.plan(mlc.ConfigDict({"pipeline": "fake", "stages": ("a", "d")}), tmp_path, False)
+
+
+def test_saliency_with_a_text_bank_is_refused_before_anything_runs(tmp_path):
+  """Saliency maps trace a concept back to pixels through the classifier: impossible for a bank in
+  CLIP's feature space, so the attribute stage refuses the combination, naming the fix."""
+  from cu_jax.pipeline.image import attribute
+  from cu_jax.pipeline.runner import Context
+  from cu_jax.utils.config import load_config
+  config = load_config("configs/vit.py:tiny", {"concepts.bank": "text"})
+  with pytest.raises(UserError, match=r"attribution.saliency_images=2 .* concepts.bank='text' .*set "
+                                      r"--config.attribution.saliency_images=0"):
+    attribute.validate(Context(config, tmp_path, mesh=None))

@@ -19,12 +19,18 @@ from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation import plots
 from cu_jax.pipeline.artifacts import ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
+from cu_jax.utils.errors import UserError
 
 
 def validate(ctx: Context) -> None:
-  _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
   cfg = ctx.config.attribution
   importance.check_settings(cfg.ranking, cfg.baseline, cfg.method)
+  bank = ctx.config.concepts.bank
+  if cfg.saliency_images and not BANK_KINDS.get(bank, "concepts.bank").on_model_embeddings:
+    raise UserError(f"attribution.saliency_images={cfg.saliency_images} maps where a concept lives in the pixels "
+                    f"through the classifier, but concepts.bank={bank!r} has its concepts in another encoder's "
+                    "features; set --config.attribution.saliency_images=0 (or use concepts.bank=cav)")
+  _ = ImageArtifacts(ctx).forget  # raises for a class the dataset does not have
 
 
 def _ground_truth(ds, bank, per_class_top: np.ndarray, donor_of: np.ndarray) -> dict | None:
