@@ -117,23 +117,25 @@ class KeyConcepts:
 
 def key_concepts(embeddings: np.ndarray, labels: np.ndarray, bank: ConceptBank, forget: int, *,
                  num_classes: int | None = None, top_k: int = 3, ranking: str = "ig", baseline: str = "mean",
-                 n_steps: int = 32, lam: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 5000) -> KeyConcepts:
+                 n_steps: int = 32, method: str = "gausslegendre", lam: float = 1e-5, l1_ratio: float = 0.99,
+                 max_iter: int = 5000) -> KeyConcepts:
   """Post-hoc concept bottleneck on `embeddings` (N, d) with labels (N,): projects them on the
   bank's concepts, fits the elastic-net head, ranks concepts per class (IG of the class
   log-probability over the concept scores, or the head's weights) and picks the donor class.
   `bank`: a `ConceptBank` whose vectors live in the embeddings' space."""
   labels = np.asarray(labels, np.int64)
   num_classes = num_classes or int(labels.max()) + 1
-  importance.check_settings(ranking, baseline)
+  importance.check_settings(ranking, baseline, method)
   scores = np.asarray(pcbm.project(np.asarray(embeddings, np.float32), bank.vectors, bank.intercepts))
   head = pcbm.fit_elastic_net(scores, labels, num_classes, lam=lam, l1_ratio=l1_ratio, max_iter=max_iter)
   weight, bias = np.asarray(head.weight), np.asarray(head.bias)
-  ig, ig_signed, ig_delta = importance.concept_ig(weight, bias, scores, labels, baseline=baseline, n_steps=n_steps)
-  ranked = importance.Importance(weight=weight, ig=ig, ig_signed=ig_signed, ig_delta=ig_delta).of(ranking)
-  top = importance.top_concepts(ranked, min(top_k, len(bank)))[forget]
-  donor, donor_scores = importance.donor_class(importance.concept_presence(scores, labels, num_classes), top, forget)
-  return KeyConcepts(names=[bank.names[j] for j in top], indices=np.asarray(top), importance=np.asarray(ranked),
-                     donor=int(donor), donor_scores=np.asarray(donor_scores), head=(weight, bias))
+  ranks, top, presence = importance.rank_concepts(weight, bias, scores, labels, num_classes, ranking=ranking,
+                                                  baseline=baseline, n_steps=n_steps, method=method, top_k=top_k)
+  key = top[forget]
+  donor, donor_scores = importance.donor_class(presence, key, forget)
+  return KeyConcepts(names=[bank.names[j] for j in key], indices=np.asarray(key),
+                     importance=np.asarray(ranks.of(ranking)), donor=int(donor), donor_scores=np.asarray(donor_scores),
+                     head=(weight, bias))
 
 
 def poison_targets(n: int, forget: int, num_classes: int, *, strategy: str = "targeted", donor: int | None = None,
@@ -153,8 +155,7 @@ def poison_targets(n: int, forget: int, num_classes: int, *, strategy: str = "ta
 
 
 def unlearn(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], method: str = "concept_poison", *,
-            retain_images: np.ndarray,
-            retain_labels: np.ndarray, forget_images: np.ndarray, config: mlc.ConfigDict,
+            retain_images: np.ndarray, retain_labels: np.ndarray, forget_images: np.ndarray, config: mlc.ConfigDict,
             poison_images: np.ndarray | None = None, targets: np.ndarray | None = None,
             num_classes: int | None = None, forget: int | None = None, mesh=None,
             checkpoint_dir: str | pathlib.Path | None = None) -> nnx.Module | tuple[nnx.GraphDef, nnx.State]:
@@ -178,6 +179,7 @@ def unlearn(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], method: str = "c
       raise ValueError(f"method {method!r} trains on the poisoned forget set: pass targets= (see poison_targets)")
     extra.update(poison_image=forget_images if poison_images is None else poison_images,
                  poison_target=np.asarray(targets, np.float32))
+  params = steps.replicate(params, mesh)
   if "teacher" in needs:
     extra.update(retain_teacher=_logits(graphdef, params, retain_images, config, mesh),
                  forget_teacher=_logits(graphdef, params, forget_images, config, mesh))
@@ -190,7 +192,6 @@ def unlearn(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], method: str = "c
   data = methods.UnlearnData(num_classes=num_classes, forget=forget, retain_image=np.asarray(retain_images),
                              retain_label=np.asarray(retain_labels, np.int64), forget_image=np.asarray(forget_images),
                              seed=config.seed, **extra)
-  params = steps.replicate(params, mesh)
   with tempfile.TemporaryDirectory() as tmp:
     unlearned, _ = _unlearn(graphdef, params, method, data, config.unlearn, config.data, mesh,
                             checkpoint_dir=checkpoint_dir or pathlib.Path(tmp) / "checkpoints", seed=config.seed)
@@ -207,8 +208,9 @@ def export_hf(model: nnx.Module, folder: str | pathlib.Path, *, class_names: Seq
 
 
 def _logits(graphdef, params, images, config, mesh) -> np.ndarray:
+  """The model's logits on `images`; `params` replicated on `mesh`."""
   step = steps.make_predict_step(graphdef, config.data, mesh)
-  return predict.predict(step, steps.replicate(params, mesh), ArraySource(image=np.asarray(images)), mesh=mesh,
+  return predict.predict(step, params, ArraySource(image=np.asarray(images)), mesh=mesh,
                          global_batch=config.train.eval_batch_size)
 
 
@@ -227,11 +229,8 @@ def audit(models: Mapping[str, nnx.Module], *, images: Mapping[str, np.ndarray],
   for name, model in models.items():
     graphdef, params = nnx.split(model, nnx.Param)
     step = steps.make_predict_step(graphdef, config.data, mesh, output="both")
-    params = steps.replicate(params, mesh)
-    out = {s: predict.predict(step, params, ArraySource(image=np.asarray(images[s])), mesh=mesh,
-                              global_batch=config.train.eval_batch_size) for s in M.SUBSETS}
-    outputs[name] = M.ModelOutputs(logits={s: v["logits"] for s, v in out.items()},
-                                   embed={s: v["embed"] for s, v in out.items()})
+    outputs[name] = M.model_outputs(step, steps.replicate(params, mesh), {s: images[s] for s in M.SUBSETS}, mesh,
+                                    config.train.eval_batch_size)
   if original not in outputs:
     raise ValueError(f"audit needs the original model among models= (as {original!r})")
   evalset = M.EvalSet(labels={s: np.asarray(labels[s], np.int64) for s in M.SUBSETS}, forget=forget,

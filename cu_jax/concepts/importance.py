@@ -135,6 +135,18 @@ def concept_presence(scores: np.ndarray, labels: np.ndarray, num_classes: int) -
   return class_means(z, labels, num_classes)
 
 
+def rank_concepts(weight: np.ndarray, bias: np.ndarray, scores: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                  ranking: str = "ig", baseline: str = "mean", n_steps: int = 32, method: str = "gausslegendre",
+                  top_k: int = 3) -> tuple[Importance, np.ndarray, np.ndarray]:
+  """What key concepts and donors are chosen from, for a PCBM head (`weight`, `bias`) over concept
+  `scores` (N, m) with `labels`: every ranking (`Importance`), each class's `top_k` concepts under
+  `ranking` (K, k), and the per-class concept presence (K, m)."""
+  ig, ig_signed, ig_delta = concept_ig(weight, bias, scores, labels, baseline=baseline, n_steps=n_steps, method=method)
+  ranks = Importance(weight=weight, ig=ig, ig_signed=ig_signed, ig_delta=ig_delta)
+  top = top_concepts(ranks.of(ranking), min(top_k, scores.shape[1]))
+  return ranks, top, concept_presence(scores, labels, num_classes)
+
+
 def donor_class(presence: np.ndarray, key: np.ndarray, forget: int) -> tuple[int, np.ndarray]:
   """(donor, per-class donor scores) by the rule in the module docstring."""
   scores = presence[:, np.asarray(key)].sum(axis=1)

@@ -135,9 +135,10 @@ DATASETS.register("synthetic_concepts_small")(_synthetic("small"))
 @DATASETS.register("image_folder")
 def _image_folder(cfg) -> tfds.core.DatasetBuilder:
   from cu_jax.data.image_folder import ImageFolder, scan
-  folder = scan(cfg.get("path", ""), cfg.get("image_size", 0), cfg.get("test_fraction", 0.2))
-  return _prepare_local(lambda: ImageFolder(folder=folder, test_fraction=cfg.get("test_fraction", 0.2),
-                                            data_dir=cfg.data_dir, file_format="array_record"))
+  fraction = cfg.get("test_fraction", 0.2)
+  folder = scan(cfg.get("path", ""), cfg.get("image_size", 0), fraction)
+  return _prepare_local(lambda: ImageFolder(folder=folder, test_fraction=fraction, data_dir=cfg.data_dir,
+                                            file_format="array_record"))
 
 
 @DATASETS.register("digits")

@@ -23,8 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cu_jax.data.datasets import ArraySource
 from cu_jax.evaluation import mia
 from cu_jax.evaluation.probe import probe_accuracy
+from cu_jax.training.predict import predict
 from cu_jax.utils.registry import Registry
 
 SUBSETS = ("forget_train", "retain_train", "test")
@@ -37,6 +39,14 @@ class ModelOutputs:
 
   def probs(self, subset: str) -> np.ndarray:
     return mia.softmax(self.logits[subset])
+
+
+def model_outputs(predict_step, params, images: dict[str, np.ndarray], mesh, global_batch: int) -> ModelOutputs:
+  """A model's logits and embeddings on each subset of uint8 `images`; `predict_step` is
+  `make_predict_step(..., output="both")`, `params` replicated on `mesh`."""
+  out = {s: predict(predict_step, params, ArraySource(image=np.asarray(x)), mesh=mesh, global_batch=global_batch)
+         for s, x in images.items()}
+  return ModelOutputs(logits={s: v["logits"] for s, v in out.items()}, embed={s: v["embed"] for s, v in out.items()})
 
 
 @dataclasses.dataclass

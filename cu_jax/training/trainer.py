@@ -106,11 +106,11 @@ def run_steps(name: str, loader: TrainLoader, train_step, state, ckpt: Checkpoin
     for step, batch in loader.iterate(start, total):
       state, metrics = train_step(state, batch)
       done = step + 1
-      if ckpt.should_save(done) or done == total:  # never checkpoint a diverged state
-        check_finite(name, float(jax.device_get(metrics["loss"])), done, float(schedule(step)), ckpt)
-      if done % log_every == 0 or done == total:
+      log = done % log_every == 0 or done == total
+      if log or ckpt.should_save(done):  # never log or checkpoint a diverged state
         record = {k: float(v) for k, v in jax.device_get(metrics).items()}
         check_finite(name, record["loss"], done, float(schedule(step)), ckpt)
+      if log:
         record["lr"] = float(schedule(step))
         timing = progress.report(done, record)
         if writer:

@@ -65,11 +65,10 @@ def run(ctx: Context) -> dict:
   weight, bias = art.head()
   train, test = art.embeddings("train"), art.embeddings("test")
   scores = art.concept_scores(bank, "train")
-  ig, ig_signed, ig_delta = importance.concept_ig(weight, bias, scores, train["label"], baseline=cfg.baseline,
-                                                  n_steps=cfg.n_steps, method=cfg.method)
-  ranked = importance.Importance(weight=weight, ig=ig, ig_signed=ig_signed, ig_delta=ig_delta).of(cfg.ranking)
-  top = importance.top_concepts(ranked, min(cfg.top_k, len(bank)))
-  presence = importance.concept_presence(scores, train["label"], ds.num_classes)
+  ranks, top, presence = importance.rank_concepts(weight, bias, scores, train["label"], ds.num_classes,
+                                                  ranking=cfg.ranking, baseline=cfg.baseline, n_steps=cfg.n_steps,
+                                                  method=cfg.method, top_k=cfg.top_k)
+  ig, ig_signed, ig_delta, ranked = ranks.ig, ranks.ig_signed, ranks.ig_delta, ranks.of(cfg.ranking)
   donor, donor_scores = importance.donor_class(presence, top[forget], forget)
   donor_of = np.asarray([importance.donor_class(presence, top[c], c)[0] for c in range(ds.num_classes)])
   key = [int(j) for j in top[forget]]

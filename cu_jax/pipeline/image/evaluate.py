@@ -17,14 +17,14 @@ from absl import logging
 
 from cu_jax.concepts import importance, pcbm
 from cu_jax.concepts.bank import BANK_KINDS
-from cu_jax.data.datasets import ArraySource, read_arrays
+from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation import metrics as M
 from cu_jax.evaluation import mia
 from cu_jax.evaluation.relearn import RelearnSettings, RelearnTest
 from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import ORIGINAL, RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
-from cu_jax.training import predict, steps
+from cu_jax.training import steps
 from cu_jax.utils.errors import UserError
 
 
@@ -92,10 +92,7 @@ def run(ctx: Context) -> dict:
   for name in names:
     t0 = time.perf_counter()
     params = original if name == ORIGINAL else steps.replicate(art.load_model(name)[1], ctx.mesh)
-    out = {s: predict.predict(predict_step, params, ArraySource(image=x), mesh=ctx.mesh,
-                              global_batch=cfg.train.eval_batch_size) for s, x in images.items()}
-    outputs[name] = M.ModelOutputs(logits={s: v["logits"] for s, v in out.items()},
-                                   embed={s: v["embed"] for s, v in out.items()})
+    outputs[name] = M.model_outputs(predict_step, params, images, ctx.mesh, cfg.train.eval_batch_size)
     extra[name] = {"relearn_steps": relearn.steps_to_relearn(params, images["forget_train"], forget_test, forget)}
     logging.info("evaluate: %s outputs + relearn test in %.1f s", name, time.perf_counter() - t0)
   evalset = M.EvalSet(labels=labels, forget=forget, num_classes=ds.num_classes, original=outputs[ORIGINAL],
