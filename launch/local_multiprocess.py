@@ -4,7 +4,8 @@
     python launch/local_multiprocess.py --num_processes=2 --devices_per_process=2 -- \
         --config=configs/vit.py:tiny --workdir=/tmp/mp_run
 
-Every process runs `python -m cu_jax.main <args after -->` with
+Every process runs `python -m cu_jax.main <args after -->` (another module with `--module=NAME`, or
+a Python file with `--script=PATH`, e.g. a multi-host check under tests/) with
   JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>, JAX_NUM_PROCESSES=N, JAX_PROCESS_ID=i,
   XLA_FLAGS=--xla_force_host_platform_device_count=<devices per process>, JAX_PLATFORMS=cpu,
 so `cu_jax.parallel.distributed.maybe_initialize()` joins them into one JAX job of
@@ -104,23 +105,28 @@ def _on_sigterm(signum, frame):
 
 
 def launch(command_args: list[str], *, num_processes: int, devices_per_process: int,
-           port: int = 0, module: str = "cu_jax.main", python: str = sys.executable,
+           port: int = 0, module: str = "cu_jax.main", script: str = "", python: str = sys.executable,
            platforms: str = "cpu", timeout_s: float = 0.0, shutdown_timeout_s: int = 60,
            cwd: str | None = None) -> int:
-  """Starts the processes, relays their output, returns the job's exit status."""
+  """Starts the processes, relays their output, returns the job's exit status.
+
+  Each process runs `python -m module command_args`, or `python script command_args` if `script`
+  is given.
+  """
   port = port or free_port()
+  program = [script] if script else ["-m", module]
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, _on_sigterm)
   lock = threading.Lock()
   procs, pumps = [], []
   print(f"[launch] {num_processes} processes x {devices_per_process} devices, coordinator "
-        f"{LOOPBACK}:{port}: {python} -m {module} {' '.join(command_args)}", flush=True)
+        f"{LOOPBACK}:{port}: {python} {' '.join(program + command_args)}", flush=True)
   try:
     for i in range(num_processes):
       env = process_env(os.environ, port=port, num_processes=num_processes, process_id=i,
                         devices_per_process=devices_per_process, platforms=platforms,
                         shutdown_timeout_s=shutdown_timeout_s)
-      p = subprocess.Popen([python, "-m", module, *command_args], env=env, cwd=cwd,
+      p = subprocess.Popen([python, *program, *command_args], env=env, cwd=cwd,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, start_new_session=True)
       procs.append(p)
@@ -175,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="fake CPU devices per process (XLA_FLAGS; default 1)")
   parser.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (0 = a free one)")
   parser.add_argument("--module", default="cu_jax.main", help="module run with `python -m` (default cu_jax.main)")
+  parser.add_argument("--script", default="",
+                      help="a Python file to run instead of --module (`python SCRIPT ARGS`), e.g. a "
+                           "multi-host check that calls cu_jax.parallel.distributed.maybe_initialize()")
   parser.add_argument("--platforms", default="cpu",
                       help="JAX_PLATFORMS for the processes (default cpu; '' keeps the environment's)")
   parser.add_argument("--timeout", type=float, default=0.0,
@@ -188,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
   if not 0 <= args.port < 65536:
     parser.error("--port must be in 0..65535")
   return launch(passed, num_processes=args.num_processes, devices_per_process=args.devices_per_process,
-                port=args.port, module=args.module, platforms=args.platforms, timeout_s=args.timeout,
-                shutdown_timeout_s=args.shutdown_timeout)
+                port=args.port, module=args.module, script=args.script, platforms=args.platforms,
+                timeout_s=args.timeout, shutdown_timeout_s=args.shutdown_timeout)
 
 
 if __name__ == "__main__":

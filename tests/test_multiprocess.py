@@ -1,10 +1,13 @@
-"""A 2-process x 2-device local job (launch/local_multiprocess.py) trains exactly like 1 x 4 devices.
+"""Multi-process local jobs (launch/local_multiprocess.py, 2 processes x 2 CPU devices over gloo).
 
-Both runs see 4 devices and the same global batches; the multi-process one reads per-host halves
-of each batch, all-reduces gradients across processes over gloo and gathers the test logits. Its
-final test accuracy and loss must equal the single-process run's (same reduction tree up to
-float rounding), and so do the later stages (concepts, poisoning, unlearning, audit). Cost: about
-2 + 2 minutes on a 2-core machine.
+- Batches and predictions line up with their examples on a mesh whose device order interleaves
+  the processes (tests/multihost_order_check.py; seconds).
+- A 2-process x 2-device image pipeline job trains exactly like 1 x 4 devices. Both runs see 4
+  devices and the same global batches; the multi-process one reads per-host halves of each
+  batch, all-reduces gradients across processes over gloo and gathers the test logits. Its final
+  test accuracy and loss must equal the single-process run's (same reduction tree up to float
+  rounding), and so do the later stages (concepts, poisoning, unlearning, audit). Cost: about
+  2 + 2 minutes on a 2-core machine.
 """
 
 import json
@@ -12,6 +15,8 @@ import os
 import pathlib
 import subprocess
 import sys
+
+import numpy as np
 
 ROOT = pathlib.Path(__file__).parents[1]
 _FAST_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
@@ -22,6 +27,28 @@ def _base_env():
   for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "CU_JAX_DISTRIBUTED"):
     env.pop(var, None)
   return env
+
+
+def test_rows_line_up_with_examples_on_an_interleaved_mesh(tmp_path):
+  """Device order [p0d0, p1d0, p0d1, p1d1]: each process must read the (non-contiguous) rows its
+  devices own; the script checks batches and `predict` against the examples on 4 meshes."""
+  check = "tests/multihost_order_check.py"
+  single = subprocess.run(
+      [sys.executable, check, f"--out={tmp_path / 'single.npz'}"], cwd=ROOT,
+      env=dict(_base_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      capture_output=True, text=True, timeout=120)
+  assert single.returncode == 0, single.stdout[-4000:] + single.stderr[-3000:]
+  multi = subprocess.run(
+      [sys.executable, "launch/local_multiprocess.py", "--num_processes=2", "--devices_per_process=2",
+       "--timeout=110", f"--script={check}", "--", f"--out={tmp_path / 'multi.npz'}"], cwd=ROOT,
+      env=_base_env(), capture_output=True, text=True, timeout=120)
+  assert multi.returncode == 0, multi.stdout[-6000:]
+  for i in (0, 1):
+    assert f"[{i}] order check: 0 mismatches on process {i} of 2" in multi.stdout
+  one, two = np.load(tmp_path / "single.npz"), np.load(tmp_path / "multi.npz")
+  assert sorted(one.files) == sorted(two.files) and len(one.files) == 4 * 9
+  for k in one.files:
+    np.testing.assert_array_equal(two[k], one[k], err_msg=k)
 
 
 def test_two_processes_match_one_process(tmp_path):

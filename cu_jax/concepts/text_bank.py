@@ -14,6 +14,7 @@ from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import eval_batches
 from cu_jax.models.clip import CLIP
 from cu_jax.models.hf_clip import text_embeddings
+from cu_jax.parallel.host import to_host
 
 # OpenAI CLIP's image normalisation (HF CLIPImageProcessor defaults).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,6 +48,7 @@ def clip_image_embeddings(model: CLIP, source: RandomAccessSource, *, global_bat
 
   out = []
   for batch in eval_batches(source, global_batch=global_batch, mesh=mesh, keys=("image",)):
-    keep = np.asarray(batch["mask"]) > 0
-    out.append(np.asarray(features(batch["image"]))[keep])
+    # Gathered in global row order (the examples' order) on every process of a multi-host job.
+    embed, mask = to_host((features(batch["image"]), batch["mask"]))
+    out.append(embed[mask > 0])
   return np.concatenate(out)

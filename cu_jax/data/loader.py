@@ -3,9 +3,11 @@
 Batch `step` of a run is a pure function of (seed, step): epoch `e = step // steps_per_epoch`
 shuffles the example indices with a permutation drawn from (seed, e), and the batch is slice
 `step % steps_per_epoch` of it. A resumed run therefore sees exactly the batches the interrupted
-run would have seen. Each host reads only its own contiguous part of the global batch
-(`jax.process_index()`), and `jax.make_array_from_process_local_data` assembles the global array.
-Images stay uint8 until they are on device (`cu_jax.data.preprocess`).
+run would have seen. Each host reads only the rows of the global batch that its own devices hold
+(which rows those are follows the mesh's device order: `cu_jax.parallel.host`), and the global
+array is assembled from one piece per device, so row r of every batch array is example
+`global_indices[r]` on any mesh. Images stay uint8 until they are on device
+(`cu_jax.data.preprocess`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cu_jax.data.datasets import RandomAccessSource
+from cu_jax.parallel.host import assemble, host_rows
 from cu_jax.parallel.mesh import check_global_batch, data_sharded
 
 
@@ -27,10 +30,10 @@ def _read_local(source: RandomAccessSource, indices: np.ndarray, keys: Sequence[
   return {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
 
 
-def _host_slice(global_indices: np.ndarray) -> np.ndarray:
-  per_host = len(global_indices) // jax.process_count()
-  start = jax.process_index() * per_host
-  return global_indices[start:start + per_host]
+def _place(mesh: Mesh, rows: np.ndarray, n: int, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Global (n, ...) batch arrays, sharded over the batch axes, from this host's `rows` of them."""
+  sharding = data_sharded(mesh)
+  return {k: assemble(sharding, n, rows, v) for k, v in host_batch.items()}
 
 
 class TrainLoader:
@@ -45,6 +48,8 @@ class TrainLoader:
     self.source, self.global_batch, self.mesh, self.seed = source, global_batch, mesh, seed
     self.keys, self.prefetch = tuple(keys), prefetch
     self.steps_per_epoch = len(source) // global_batch
+    # The rows of every global batch this host's devices hold (the same for every step).
+    self.rows = host_rows(data_sharded(mesh), global_batch)
     self._perm_cache: tuple[int, np.ndarray] | None = None
 
   def global_indices(self, step: int) -> np.ndarray:
@@ -56,11 +61,11 @@ class TrainLoader:
     return self._perm_cache[1][i * self.global_batch:(i + 1) * self.global_batch]
 
   def host_batch(self, step: int) -> dict[str, np.ndarray]:
-    return _read_local(self.source, _host_slice(self.global_indices(step)), self.keys)
+    """This host's rows (`self.rows`, ascending) of global batch `step`."""
+    return _read_local(self.source, self.global_indices(step)[self.rows], self.keys)
 
   def to_device(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    sharding = data_sharded(self.mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+    return _place(self.mesh, self.rows, self.global_batch, host_batch)
 
   def iterate(self, start_step: int, stop_step: int) -> Iterator[tuple[int, dict[str, jax.Array]]]:
     """Yields `(step, global batch)` for steps [start_step, stop_step), reading ahead in a thread."""
@@ -81,7 +86,7 @@ def eval_batches(source: RandomAccessSource, *, global_batch: int, mesh: Mesh,
   """Every example once, in order; the last batch is padded and carries `mask` (1 = real)."""
   check_global_batch(global_batch, mesh, "eval batch size")
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-  sharding = data_sharded(mesh)
+  rows = host_rows(data_sharded(mesh), global_batch)
   for start in itertools.count(0, global_batch):
     if start >= len(indices):
       return
@@ -89,7 +94,6 @@ def eval_batches(source: RandomAccessSource, *, global_batch: int, mesh: Mesh,
     n_real = len(chunk)
     padded = np.concatenate([chunk, np.full(global_batch - n_real, chunk[0])])
     mask = (np.arange(global_batch) < n_real).astype(np.float32)
-    local_idx, local_mask = _host_slice(padded), _host_slice(mask)
-    batch = _read_local(source, local_idx, keys)
-    batch["mask"] = local_mask
-    yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    batch = _read_local(source, padded[rows], keys)
+    batch["mask"] = mask[rows]
+    yield _place(mesh, rows, global_batch, batch)

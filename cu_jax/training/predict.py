@@ -7,23 +7,25 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import eval_batches
+from cu_jax.parallel.host import to_host
 
 
 def predict(predict_step: Callable, params: Any, source: RandomAccessSource, *, global_batch: int,
             mesh, indices: np.ndarray | None = None) -> Any:
-  """Outputs of `predict_step` for every example (in order): host numpy arrays, same pytree."""
+  """Outputs of `predict_step` for every example (in order): host numpy arrays, same pytree.
+
+  Every process gets all of them: a batch's outputs are gathered in global row order, the order
+  of the examples (`eval_batches`), whichever devices of which host computed them.
+  """
   outputs = []
   for batch in eval_batches(source, global_batch=global_batch, mesh=mesh, indices=indices,
                             keys=("image",)):
-    out, mask = predict_step(params, batch), batch["mask"]
-    if jax.process_count() > 1:
-      out, mask = multihost_utils.process_allgather((out, mask), tiled=True)
-    keep = np.asarray(mask) > 0
-    outputs.append(jax.tree.map(lambda x: np.asarray(x)[keep], out))
+    out, mask = to_host((predict_step(params, batch), batch["mask"]))
+    keep = mask > 0
+    outputs.append(jax.tree.map(lambda x: x[keep], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
