@@ -8,6 +8,8 @@
   test accuracy and loss must equal the single-process run's (same reduction tree up to float
   rounding), and so do the later stages (concepts, poisoning, unlearning, audit). Cost: about
   2 + 2 minutes on a 2-core machine.
+- The same for the LLM pipeline with FSDP-sharded weights, through unlearn, merge, export and the
+  audit (about 2 minutes).
 """
 
 import json
@@ -95,3 +97,67 @@ def test_two_processes_match_one_process(tmp_path):
   # Both processes wrote their shards of the last checkpoint.
   last = tmp_path / "multi" / "train" / "checkpoints" / str(done_2["steps"]) / "state"
   assert (last / "ocdbt.process_0").exists() and (last / "ocdbt.process_1").exists()
+
+
+def _llm_done(workdir: pathlib.Path, stage: str) -> dict:
+  return json.loads((workdir / stage / "done.json").read_text())
+
+
+def test_llm_pipeline_two_processes_match_one_process(tmp_path):
+  """The LLM pipeline (configs/llama.py:tiny, every device on the `fsdp` axis) through unlearn,
+  merge, export and the audit, as 2 processes x 2 devices and as 1 x 4: the same figures.
+
+  The overrides make the weights big enough to be split over the `fsdp` axis (`fsdp_spec` keeps
+  arrays under 2**14 elements whole): q/v/MLP kernels and embeddings of a 128-wide model, and
+  rank-128 LoRA adapters (128 x 128). So the trained base model's export, the adapters' save,
+  the merge and the unlearned model's export all read arrays split over both processes' devices.
+  Cost: about 45 s + 105 s on a 2-core machine.
+  """
+  import transformers
+  from safetensors.numpy import load_file
+  args = ["--config=configs/llama.py:tiny", "--config.model.hidden_size=128", "--config.model.intermediate_size=344",
+          "--config.lora.rank=128"]
+  single = subprocess.run(
+      [sys.executable, "-m", "cu_jax.main", *args, f"--workdir={tmp_path / 'single'}"], cwd=ROOT,
+      env=dict(_base_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      capture_output=True, text=True, timeout=400)
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi = subprocess.run(
+      [sys.executable, "launch/local_multiprocess.py", "--num_processes=2", "--devices_per_process=2",
+       "--timeout=380", "--", *args, f"--workdir={tmp_path / 'multi'}"], cwd=ROOT, env=_base_env(),
+      capture_output=True, text=True, timeout=400)
+  assert multi.returncode == 0, multi.stdout[-4000:]
+  assert "process 1 of 2, 2 local / 4 global devices" in multi.stdout
+  one, two = tmp_path / "single", tmp_path / "multi"
+
+  close = lambda a, b, rel: abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
+  # Training: the same steps to the same loss (up to the order of the cross-process reductions).
+  for stage in ("model", "unlearn"):
+    a, b = _llm_done(one, stage), _llm_done(two, stage)
+    assert a["steps"] == b["steps"] and close(a["final_loss"], b["final_loss"], 1e-5), stage
+  # Concepts: the same words from the answer-span IG.
+  concepts = [json.loads((w / "concepts" / "concepts.json").read_text()) for w in (one, two)]
+  assert concepts[0]["concept"] == concepts[1]["concept"] and concepts[0]["inferred"] == concepts[1]["inferred"]
+  # The audit: the same generations, hence the same appearance rates and ROUGE-L; perplexities
+  # to float rounding.
+  audits = [_llm_done(w, "evaluate") for w in (one, two)]
+  for model in ("before", "after"):
+    a, b = audits[0][model], audits[1][model]
+    assert a.keys() == b.keys() and "appearance_forget_train" in a
+    for k in a:
+      if k.startswith(("appearance_", "rouge_l_")):
+        assert abs(a[k] - b[k]) <= 1e-6, (model, k)
+      elif k.startswith("perplexity_"):
+        assert close(a[k], b[k], 1e-5), (model, k)
+  assert (one / "evaluate" / "generations.jsonl").read_text() == (two / "evaluate" / "generations.jsonl").read_text()
+  # The adapters saved and the merged model exported by process 0 hold the gathered weights.
+  for name, atol in (("adapters.safetensors", 2e-4), ("hf/model.safetensors", 1e-5)):
+    a, b = load_file(str(one / "unlearn" / name)), load_file(str(two / "unlearn" / name))
+    assert a.keys() == b.keys() and a, name
+    for k in a:
+      assert a[k].shape == b[k].shape and np.allclose(a[k], b[k], rtol=0, atol=atol), (name, k)
+  exported = two / "unlearn" / "hf"
+  hf = transformers.LlamaForCausalLM.from_pretrained(exported)
+  assert hf.config.hidden_size == 128
+  assert sum(p.numel() for p in hf.parameters()) == _llm_done(two, "model")["parameters"]
+  assert transformers.AutoTokenizer.from_pretrained(exported).eos_token_id == hf.config.eos_token_id

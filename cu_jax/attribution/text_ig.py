@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from cu_jax.attribution.ig import make_ig_fn
+from cu_jax.parallel.host import to_host
 from cu_jax.training.lm import attention_mask, token_nll
 
 
@@ -64,9 +65,10 @@ def answer_attributions(model: nnx.Module, tokens: np.ndarray, length: np.ndarra
   `f` and `f_baseline` (B,): F at the input and at the baseline.
   """
   graphdef, params = nnx.split(model)
-  scores, delta, f, f0 = _answer_ig(params, jnp.asarray(tokens), jnp.asarray(length),
-                                    jnp.asarray(loss_mask, jnp.float32), jnp.int32(pad_id),
-                                    graphdef=graphdef, n_steps=n_steps, method=method, chunk_size=chunk_size)
+  out = _answer_ig(params, jnp.asarray(tokens), jnp.asarray(length), jnp.asarray(loss_mask, jnp.float32),
+                   jnp.int32(pad_id), graphdef=graphdef, n_steps=n_steps, method=method, chunk_size=chunk_size)
+  # Every process gets the whole result (with FSDP-sharded weights it may be split over hosts).
+  scores, delta, f, f0 = to_host(out)
   scores = np.asarray(scores, np.float64) * (np.asarray(loss_mask) > 0)
   return {"scores": scores, "delta": np.asarray(delta, np.float64), "f": np.asarray(f, np.float64),
           "f_baseline": np.asarray(f0, np.float64)}

@@ -15,6 +15,7 @@ from flax import nnx
 from cu_jax.data import text
 from cu_jax.evaluation.text_metrics import appearance_rate, mean_rouge_l, perplexity
 from cu_jax.models.generation import generate
+from cu_jax.parallel.host import to_host
 from cu_jax.training.lm import make_score_fn
 
 
@@ -26,7 +27,8 @@ def generate_answers(model, tokenizer, questions: Sequence[str], *, max_len: int
     tokens, mask = text.encode_prompts(tokenizer, questions[i:i + batch_size], max_len, system)
     out = generate(model, tokens, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
-    answers += [text.decode_answer(tokenizer, row) for row in np.asarray(out)]
+    # (gathered: with FSDP-sharded weights the tokens may come out split over several hosts' devices)
+    answers += [text.decode_answer(tokenizer, row) for row in to_host(out)]
   return answers
 
 
@@ -37,7 +39,7 @@ def answer_perplexity(model, encoded, mesh, *, batch_size: int) -> float:
   nll, count = 0.0, 0.0
   for i in range(0, len(encoded), batch_size):
     batch = {k: encoded.arrays[k][i:i + batch_size] for k in ("tokens", "length", "loss_mask")}
-    n, c = score(params, batch)
+    n, c = to_host(score(params, batch))
     nll, count = nll + float(np.sum(n)), count + float(np.sum(c))
   return perplexity(nll, count)
 

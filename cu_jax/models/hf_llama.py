@@ -16,7 +16,8 @@ it as `ml_dtypes.bfloat16`. The same format is written on export, streamed tenso
 Export (`save_hf_llama`): a plain model (LoRA adapters merged with `lora.merge_lora`) becomes a
 folder that `transformers.LlamaForCausalLM.from_pretrained` and any serving stack read; written
 in a temporary folder next to the target and renamed into place, so a crash leaves no half
-model.
+model. In a multi-host job whose weights are sharded over every host's devices, each tensor is
+gathered by all processes together, so every process calls it and one (`write=True`) writes.
 
 Names map one to one because our modules follow HF's: `layers/{i}/self_attn/q_proj/kernel` is
 `model.layers.{i}.self_attn.q_proj.weight` (transposed), `embed_tokens` is
@@ -43,6 +44,7 @@ from flax import nnx
 
 from cu_jax.models.llama import ROPE_TYPES, Llama, LlamaConfig
 from cu_jax.models.weights import read_config_json
+from cu_jax.parallel.host import to_host
 from cu_jax.utils.errors import UserError
 from cu_jax.utils.files import read_json, safetensors_header
 
@@ -311,20 +313,24 @@ def _tokenizer_files(tokenizer_dir: str | pathlib.Path) -> list[pathlib.Path]:
 
 
 def save_hf_llama(model: Llama, folder: str | pathlib.Path, *, tokenizer_dir: str | pathlib.Path | None = None,
-                  max_shard_bytes: int = 5_000_000_000) -> pathlib.Path:
+                  max_shard_bytes: int = 5_000_000_000, write: bool = True) -> pathlib.Path:
   """Writes `model` as an HF `LlamaForCausalLM` folder; returns its path.
 
   config.json, generation_config.json, `model.safetensors` (or shards of at most
   `max_shard_bytes` + `model.safetensors.index.json`) in torch layout and the parameters' dtype,
   and the tokenizer files of `tokenizer_dir` if given. Refuses (UserError, nothing written) a
   model that still has LoRA adapters and a target folder that exists and is not empty.
+
+  Multi-host: every process must call it (each tensor is gathered collectively, in the same
+  order everywhere); the others pass `write=False`: they take part in the gathers and write
+  nothing, and check nothing on disk.
   """
   folder = pathlib.Path(folder).expanduser()
   adapters = [p for p, m in nnx.iter_graph(model) if getattr(m, "lora", None) is not None]
   if adapters:
     raise UserError(f"the model still has {len(adapters)} LoRA adapters (e.g. "
                     f"{'/'.join(map(str, adapters[0]))}); call cu_jax.models.lora.merge_lora(model) first")
-  if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+  if write and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
     raise UserError(f"export folder {str(folder)!r} already exists and is not empty; choose a new folder "
                     "or delete it")
   tokenizer = _tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
@@ -333,9 +339,13 @@ def save_hf_llama(model: Llama, folder: str | pathlib.Path, *, tokenizer_dir: st
   tensors = []
   for key, value in flat.items():
     shape = tuple(value.shape)[::-1] if _is_kernel(key) else tuple(value.shape)
-    get = (lambda v=value, t=_is_kernel(key): np.asarray(jax.device_get(v)).T if t
-           else np.asarray(jax.device_get(v)))
+    # One tensor's whole value on the host (gathered from every host's devices where it is split).
+    get = (lambda v=value, t=_is_kernel(key): to_host(v).T if t else to_host(v))
     tensors.append((_hf_name(key), shape, np.dtype(value.dtype), get))
+  if not write:
+    for t in tensors:  # the writer's gathers, in its order (`_write_safetensors` streams them so)
+      t[3]()
+    return folder
   shards, size = [[]], 0
   for t in tensors:
     nbytes = int(np.prod(t[1])) * t[2].itemsize

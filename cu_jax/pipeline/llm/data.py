@@ -31,7 +31,9 @@ def run(ctx: Context) -> dict:
   art.save_records("data", "heldout", heldout)
   summary = {f"{split}_{group}": sum(r["group"] == group for r in rs)
              for split, rs in (("train", train), ("heldout", heldout)) for group in qa_corpus.GROUPS}
-  if not cfg.model.init_from:
+  if not cfg.model.init_from and ctx.primary:
+    # One process trains and saves the tokenizer (the others would race on the same folder); the
+    # later stages read it after the runner's end-of-stage barrier.
     texts = [text.vicuna_prompt(r["question"], art.system) + " " + r["answer"] for r in art.corpus()]
     final = art.trained_tokenizer_dir
     tmp = final.with_name(final.name + ".tmp")

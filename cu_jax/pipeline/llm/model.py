@@ -43,7 +43,8 @@ def run(ctx: Context) -> dict:
                     metrics_path=out / "metrics.jsonl")
   if ctx.primary:
     shutil.rmtree(out / "hf", ignore_errors=True)  # a half-written export of an interrupted run
-    save_hf_llama(result.model, out / "hf", tokenizer_dir=art.tokenizer_dir)
+  # Every process takes part in gathering the (FSDP-sharded) weights; process 0 writes them.
+  save_hf_llama(result.model, out / "hf", tokenizer_dir=art.tokenizer_dir, write=ctx.primary)
   last = art.last_metrics("model")
   return {"source": "trained from scratch", "parameters": param_count(nnx.state(result.model, nnx.Param)),
           "steps": result.total_steps, "train_wall_s": result.wall_s, "tokens_per_s": result.tokens_per_s,

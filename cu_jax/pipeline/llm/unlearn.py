@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
 from cu_jax.models.hf_llama import save_hf_llama
 from cu_jax.models.lora import TRAINABLE, add_lora, merge_lora
+from cu_jax.parallel.host import to_host
 from cu_jax.pipeline.artifacts import LLMArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training.lm import train_lm
@@ -38,13 +38,15 @@ def run(ctx: Context) -> dict:
                     optim_cfg=cfg.unlearn.optim, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints",
                     seed=cfg.seed, name="unlearn", metrics_path=out / "metrics.jsonl")
   model = result.model
-  flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, TRAINABLE))}
+  # Adapters and kernels may be split over every host's devices (FSDP): every process gathers
+  # them and merges (the same collectives, in the same order); process 0 writes.
+  flat = to_host({"/".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.state(model, TRAINABLE))})
   trainable, total = sum(v.size for v in flat.values()), param_count(nnx.state(model, nnx.Param))
   if ctx.primary:
     save_file(flat, str(out / "adapters.safetensors"))
-    merge_lora(model)
     shutil.rmtree(art.unlearned_model_dir, ignore_errors=True)
-    save_hf_llama(model, art.unlearned_model_dir, tokenizer_dir=art.tokenizer_dir)
+  merge_lora(model)
+  save_hf_llama(model, art.unlearned_model_dir, tokenizer_dir=art.tokenizer_dir, write=ctx.primary)
   last = art.last_metrics("unlearn")
   return {"adapted_layers": len(adapted), "trainable_parameters": int(trainable),
           "trainable_fraction": trainable / total, "steps": result.total_steps, "train_wall_s": result.wall_s,
