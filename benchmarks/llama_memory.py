@@ -1,4 +1,4 @@
-"""Does the Vicuna-7B LoRA train step fit one accelerator chip? Compiled abstractly, no weights.
+"""Does the Vicuna-7B pipeline fit one accelerator chip? Compiled abstractly, no weights.
 
 Builds the default `configs/llama.py` model (Vicuna-7B v1.5 shapes: 32 layers, width 4096, MLP
 11008, 32 heads, vocabulary 32000, bf16) as `ShapeDtypeStruct`s with `nnx.eval_shape`, adds the
@@ -7,11 +7,16 @@ mesh of N fake CPU devices, all on the `fsdp` axis) and compiles the real train 
 (`cu_jax.training.lm.make_lm_train_step`) for the configured global batch and sequence length.
 XLA's memory analysis of the compiled step then gives what one device holds: arguments
 (its parameter shard, adapters, optimizer state, its slice of the batch), temporaries (gathered
-layers, activations, gradients) and outputs.
+layers, activations, gradients) and outputs. The same for the two other heavy programs, on the
+base model: the concepts stage's answer-span IG (`cu_jax.attribution.text_ig`, `concepts.n_steps`
+path points, `concepts.chunk_size` per pass, 8 answers a call) and the evaluate stage's cached
+greedy generation (`cu_jax.models.generation`, `evaluate.batch_size` prompts of `data.max_len`
+tokens, `evaluate.max_new_tokens` new ones). FLOPs are XLA's cost analysis, which counts a loop
+body once: per pass (IG) and per token (generation) where the program loops.
 
     python benchmarks/llama_memory.py [--devices 8] [--budget_gib 16] [--batch 16] [--seq 128]
 
-Prints the per-device figures and whether they fit the budget (a TPU v5e chip has 16 GiB HBM).
+Prints the per-device figures and whether each fits the budget (a TPU v5e chip has 16 GiB HBM).
 The compiler is XLA:CPU; TPU/GPU layouts differ a little, so keep a margin.
 """
 
@@ -38,9 +43,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from cu_jax.attribution.text_ig import _answer_ig  # noqa: E402
+from cu_jax.models.generation import _generate  # noqa: E402
 from cu_jax.models.llama import Llama, LlamaConfig  # noqa: E402
 from cu_jax.models.lora import TRAINABLE, add_lora  # noqa: E402
-from cu_jax.parallel.mesh import data_sharded, fsdp_sharding, make_mesh  # noqa: E402
+from cu_jax.parallel.memory import GIB, flops, peak_bytes  # noqa: E402
+from cu_jax.parallel.mesh import data_sharded, fsdp_sharding, make_mesh, replicated  # noqa: E402
 from cu_jax.training import optim  # noqa: E402
 from cu_jax.training.lm import make_lm_train_step  # noqa: E402
 from cu_jax.utils.config import load_config  # noqa: E402
@@ -48,7 +56,6 @@ from cu_jax.utils.config import load_config  # noqa: E402
 VICUNA_7B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
                         num_heads=32, num_kv_heads=32, max_len=4096, rms_norm_eps=1e-5,
                         param_dtype="bfloat16", dtype="bfloat16")
-GIB = 2**30
 
 
 def abstract(tree, shardings):
@@ -75,20 +82,40 @@ def main():
   print(f"model: Vicuna-7B shapes, {n_base / 1e9:.2f} B frozen parameters (bf16) + {n_lora / 1e6:.2f} M LoRA "
         f"(r {cfg.lora.rank} on {', '.join(cfg.lora.targets)}); mesh {dict(mesh.shape)}; global batch {batch} x "
         f"{seq} tokens")
-  t0 = time.perf_counter()
-  compiled = step.lower(abstract(state, state_sh), abstract(frozen, frozen_sh), batch_spec).compile()
-  print(f"compiled in {time.perf_counter() - t0:.0f} s")
-  mem = compiled.memory_analysis()
-  args_b, temp_b, out_b, alias_b = (mem.argument_size_in_bytes, mem.temp_size_in_bytes,
-                                    mem.output_size_in_bytes, mem.alias_size_in_bytes)
-  code_b = getattr(mem, "generated_code_size_in_bytes", 0)
-  peak = args_b + temp_b + out_b - alias_b + code_b
-  print(f"per device: arguments {args_b / GIB:.2f} GiB, temporaries {temp_b / GIB:.2f} GiB, outputs "
-        f"{out_b / GIB:.2f} GiB (of which {alias_b / GIB:.2f} GiB donated/aliased), code {code_b / GIB:.3f} GiB")
-  print(f"per-device total {peak / GIB:.2f} GiB vs budget {args.budget_gib:.0f} GiB: "
-        f"{'FITS' if peak <= args.budget_gib * GIB else 'DOES NOT FIT'}")
-  print(f"for comparison: the whole bf16 model is {2 * n_base / GIB:.2f} GiB")
+  budget = args.budget_gib * GIB
 
+  def show(name: str, lowered, flops_note: str) -> None:
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    mem, peak = compiled.memory_analysis(), peak_bytes(compiled)
+    print(f"{name}: {peak / GIB:.2f} GiB per device (arguments {mem.argument_size_in_bytes / GIB:.2f}, temporaries "
+          f"{mem.temp_size_in_bytes / GIB:.2f}, outputs {mem.output_size_in_bytes / GIB:.2f}, donated "
+          f"{mem.alias_size_in_bytes / GIB:.2f}); {flops(compiled) / 1e12:.2f} TFLOP per device {flops_note}; "
+          f"{'FITS' if peak <= budget else 'DOES NOT FIT'} {args.budget_gib:g} GiB (compiled in "
+          f"{time.perf_counter() - t0:.0f} s)")
+
+  show("LoRA train step", step.lower(abstract(state, state_sh), abstract(frozen, frozen_sh), batch_spec), "per step")
+
+  base = nnx.eval_shape(lambda: Llama(VICUNA_7B, rngs=nnx.Rngs(0)))
+  base_def, base_state = nnx.split(base)
+  base_state = abstract(base_state, fsdp_sharding(base_state, mesh))
+  rep = replicated(mesh)
+  ig_rows = 8  # answers explained per call (cu_jax.concepts.text_concepts.infer_concept)
+  ig_in = [jax.ShapeDtypeStruct(shape, dt, sharding=rep) for shape, dt in
+           (((ig_rows, seq), jnp.int32), ((ig_rows,), jnp.int32), ((ig_rows, seq), jnp.float32))]
+  ig_lowered = _answer_ig.lower(base_state, *ig_in, jnp.int32(0), graphdef=base_def, n_steps=cfg.concepts.n_steps,
+                                method=cfg.concepts.method, chunk_size=cfg.concepts.chunk_size)
+  show(f"answer-span IG ({ig_rows} answers x {cfg.concepts.n_steps} points, {cfg.concepts.chunk_size} per pass)",
+       ig_lowered, "per pass")
+
+  prompts, new = cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens
+  prompt_in = jax.ShapeDtypeStruct((prompts, seq), jnp.int32, sharding=rep)
+  gen_lowered = _generate.lower(base_def, base_state, prompt_in, prompt_in, jnp.zeros((1,), jnp.int32), jnp.int32(0),
+                                jnp.float32(1.0), jnp.float32(1.0), jnp.uint32(0), max_new_tokens=new, sample=False,
+                                use_cache=True)
+  show(f"cached generation ({prompts} prompts of {seq} tokens + {new} new)", gen_lowered,
+       "for the prefill and one token")
+  print(f"for comparison: the whole bf16 model is {2 * n_base / GIB:.2f} GiB")
 
 if __name__ == "__main__":
   main()

@@ -53,6 +53,7 @@ def base() -> mlc.ConfigDict:
   # Training the base model from scratch (only when model.init_from is "").
   c.pretrain = mlc.ConfigDict()
   c.pretrain.batch_size = 32
+  c.pretrain.grad_accum = 1  # microbatches each step accumulates its gradient over (same global batch)
   c.pretrain.num_epochs = 60.0
   c.pretrain.num_steps = 0
   c.pretrain.log_every_steps = 100
@@ -84,7 +85,7 @@ def base() -> mlc.ConfigDict:
   c.lora.targets = ("q_proj", "v_proj")
 
   c.unlearn = mlc.ConfigDict()
-  c.unlearn.train = mlc.ConfigDict({"batch_size": 16, "num_epochs": 3.0, "num_steps": 0,
+  c.unlearn.train = mlc.ConfigDict({"batch_size": 16, "grad_accum": 1, "num_epochs": 3.0, "num_steps": 0,
                                     "log_every_steps": 10, "checkpoint_every_steps": 100,
                                     "keep_checkpoints": 2})
   c.unlearn.optim = mlc.ConfigDict({"name": "adamw", "lr": 2e-4, "warmup_steps": 10,

@@ -59,7 +59,8 @@ def base() -> mlc.ConfigDict:
   c.model.pool = "cls"
   c.model.dropout = 0.0
   c.model.attn_dropout = 0.0
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # compute dtype: "bfloat16" halves activation memory (parameters stay float32)
+  c.model.remat = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
 
   c.train = mlc.ConfigDict()
   # Your trained model as the original, used as it is instead of training one: a Hugging Face
@@ -68,6 +69,9 @@ def base() -> mlc.ConfigDict:
   # section and `optim`.
   c.train.trained = ""
   c.train.batch_size = 512  # global batch: fixed here, never derived from the device count
+  # Accumulate each step's gradient over this many microbatches: the same global batch with the
+  # activations of 1/grad_accum of it in memory (for a device that cannot hold its share).
+  c.train.grad_accum = 1
   c.train.num_epochs = 10.0
   c.train.num_steps = 0  # > 0 overrides num_epochs
   c.train.label_smoothing = 0.0
@@ -123,6 +127,9 @@ def base() -> mlc.ConfigDict:
   c.attribution.top_k = 3
   c.attribution.saliency_images = 6  # forget images with input-space IG overlays
   c.attribution.saliency_steps = 32
+  # Device memory input-space IG may use (GiB); its path points per pass are sized to fit.
+  # 0 = what the accelerator reports free (a fixed 128 points per pass where it reports none: CPU).
+  c.attribution.memory_gib = 0.0
 
   c.poison = mlc.ConfigDict()
   c.poison.labels = "targeted"  # random | targeted (the donor class) | keep | soft (donor distribution)
@@ -150,7 +157,7 @@ def base() -> mlc.ConfigDict:
       "kl_weight": 1.0,  # KL to the original model on retained samples
       "forget_weight": 1.0})  # KL away from the original model on forget samples
   c.unlearn.train = mlc.ConfigDict({
-      "batch_size": 512, "num_epochs": 1.0, "num_steps": 0, "log_every_steps": 50,
+      "batch_size": 512, "grad_accum": 1, "num_epochs": 1.0, "num_steps": 0, "log_every_steps": 50,
       "checkpoint_every_steps": 200, "keep_checkpoints": 1})
   c.unlearn.optim = mlc.ConfigDict({
       "name": "sgd", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999,
@@ -187,6 +194,13 @@ def paper(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c.data.augment.crop_pad = 4
   c.data.augment.flip = True
   c.model.init_from = "~/models/vit-base-patch16-224"  # HF folder: config.json + model.safetensors
+  # Sized for a 16 GiB chip (TPU v5e) with 8 or more devices: bfloat16 compute and two
+  # microbatches per step (benchmarks/vit_memory.py: ~8.3 GiB per device; float32 without
+  # accumulation needs ~16.6). On 80 GB GPUs, --config.train.grad_accum=1 (and unlearn.train's)
+  # skips the accumulation loop.
+  c.model.dtype = "bfloat16"
+  c.train.grad_accum = 2
+  c.unlearn.train.grad_accum = 2
   c.train.num_epochs = 10.0
   return c
 

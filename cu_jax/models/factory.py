@@ -40,7 +40,7 @@ def vit_config(model_cfg, *, image_size: int, channels: int, num_classes: int,
   try:
     return ViTConfig(image_size=image_size, channels=channels, num_classes=num_classes, pool=model_cfg.pool,
                      dropout=model_cfg.dropout, attn_dropout=model_cfg.attn_dropout, dtype=model_cfg.dtype,
-                     **fields)
+                     remat=model_cfg.get("remat", False), **fields)
   except ValueError as e:
     raise UserError(f"invalid model config: {e}; fix --config.model.* or --config.data.image_size") from e
 
@@ -58,8 +58,8 @@ def _vit(model_cfg, *, image_size: int, channels: int, num_classes: int, seed: i
     return nnx.eval_shape(lambda: ViT(cfg, rngs=nnx.Rngs(seed)))
   if init:
     from cu_jax.models.hf_vit import load_hf_vit
-    return load_hf_vit(init, image_size=image_size, num_classes=num_classes, dtype=model_cfg.dtype, seed=seed,
-                       expect=cfg)
+    return load_hf_vit(init, image_size=image_size, num_classes=num_classes, dtype=model_cfg.dtype,
+                       remat=cfg.remat, seed=seed, expect=cfg)
   return ViT(cfg, rngs=nnx.Rngs(seed))
 
 

@@ -9,6 +9,8 @@ with the bicubic kernel torch uses (a = -0.75, half-pixel centres), so results a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pathlib
 
 import numpy as np
@@ -141,20 +143,21 @@ def check_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
 
 
 def load_hf_vit(folder: str | pathlib.Path, *, image_size: int | None = None,
-                num_classes: int | None = None, dtype: str = "float32", seed: int = 0,
+                num_classes: int | None = None, dtype: str = "float32", remat: bool = False, seed: int = 0,
                 expect: ViTConfig | None = None) -> ViT:
   """A `ViT` with the weights of an HF folder.
 
   `image_size`: resample position embeddings to this size. `num_classes`: if it differs from the
   checkpoint's labels, the classifier is re-initialised (zeros), as for fine-tuning on a new
-  dataset. `expect`: the architecture the config asks for; any difference is an error.
+  dataset. `dtype`, `remat`: compute precision and rematerialisation (`ViTConfig`). `expect`: the
+  architecture the config asks for; any difference is an error.
   """
   folder = pathlib.Path(folder).expanduser()
   cfg, hf = check_hf_vit(folder, image_size=image_size, num_classes=num_classes, dtype=dtype,
                          expect=expect)
   tensors = load_safetensors(folder / "model.safetensors")
   params = hf_to_params(tensors, cfg, hf)
-  model = ViT(cfg, rngs=nnx.Rngs(seed))
+  model = ViT(dataclasses.replace(cfg, remat=remat), rngs=nnx.Rngs(seed))
   if "head" not in params or params["head"]["kernel"].shape[1] != cfg.num_classes:
     logging.info("%s: classifier re-initialised for %d classes", folder, cfg.num_classes)
     params["head"] = nnx.to_pure_dict(nnx.state(model.head, nnx.Param))

@@ -78,8 +78,11 @@ def fsdp_sharding(tree, mesh: Mesh):
   return jax.tree.map(lambda x: fsdp_spec(np.shape(x), mesh), tree)
 
 
-def check_global_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_size") -> int:
-  """Returns the per-host batch; the global batch is fixed by config, never by the device count."""
+def check_global_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_size", microbatches: int = 1) -> int:
+  """Returns the per-host batch; the global batch is fixed by config, never by the device count.
+
+  `microbatches` > 1 (gradient accumulation, the section's `grad_accum`): each device's share of
+  the batch must divide into that many microbatches too."""
   n = batch_devices(mesh)
   if global_batch <= 0 or global_batch % n:
     lo = max(n, global_batch // n * n)
@@ -87,4 +90,9 @@ def check_global_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_s
                     f"over; use a multiple of {n} (e.g. {lo} or {lo + n})")
   if global_batch % jax.process_count():
     raise UserError(f"{what}={global_batch} is not divisible by the {jax.process_count()} hosts")
+  if (global_batch // n) % microbatches:
+    accum = f"{what.rsplit('.', 1)[0]}.grad_accum" if "." in what else "grad_accum"
+    raise UserError(f"{what}={global_batch} gives {global_batch // n} examples per device ({n} devices), which "
+                    f"{accum}={microbatches} microbatches do not divide; use a {what} that is a multiple of "
+                    f"{n * microbatches}, or a {accum} that divides {global_batch // n}")
   return global_batch // jax.process_count()

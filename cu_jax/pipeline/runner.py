@@ -35,10 +35,11 @@ from cu_jax.utils.progress import format_seconds, write_json
 from cu_jax.utils.ranges import check_ranges
 from cu_jax.utils.registry import Registry
 
-# Config fields, in any section, that say where things are or how often to log and checkpoint (or
-# how many examples go through one evaluation call), not what is computed: never fingerprinted.
+# Config fields, in any section, that say where things are, how often to log and checkpoint, or
+# how work is cut to fit memory (examples per evaluation call, recomputed activations, IG path
+# points per pass), not what is computed: never fingerprinted.
 NOT_FINGERPRINTED = frozenset({"data_dir", "idx_dir", "archive_dir", "log_every_steps", "checkpoint_every_steps",
-                               "keep_checkpoints", "eval_batch_size"})
+                               "keep_checkpoints", "eval_batch_size", "remat", "memory_gib"})
 
 
 def fingerprinted(key: str) -> bool:

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import TrainLoader
-from cu_jax.parallel.mesh import fsdp_sharding, replicated
+from cu_jax.parallel.mesh import check_global_batch, fsdp_sharding, replicated
 from cu_jax.training import optim, steps
 from cu_jax.training.trainer import open_checkpoints, run_steps, total_steps_for
 
@@ -57,12 +57,14 @@ def lm_loss(model: nnx.Module, batch: dict, *, train: bool = False, key=None) ->
 
 
 def make_lm_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
-                       state_shardings: Any, frozen_shardings: Any, *, seed: int):
+                       state_shardings: Any, frozen_shardings: Any, *, seed: int, microbatches: int = 1):
   """Jitted `(state, frozen, batch) -> (state, metrics)` of `lm_loss` (`steps.make_step`); the state
-  is donated, `frozen` is not. The step's key goes to the model's dropout as it is."""
+  is donated, `frozen` is not. The step's key goes to the model's dropout as it is. With
+  `microbatches` > 1 the loss is the mean of the microbatches' token means (each microbatch
+  weighs the same, whatever its number of answer tokens)."""
   objective = lambda model, batch, key: lm_loss(model, batch, train=True, key=key)
   return steps.make_step(graphdef, tx, objective, mesh, seed=seed, state_shardings=state_shardings,
-                         frozen_shardings=frozen_shardings)
+                         frozen_shardings=frozen_shardings, microbatches=microbatches)
 
 
 @dataclasses.dataclass
@@ -80,6 +82,8 @@ def train_lm(model: nnx.Module, source: RandomAccessSource, *, trainable: Any, t
   """Trains the `trainable` part of `model` (an NNX filter) on `source` (columns `KEYS`),
   checkpointing under `checkpoint_dir` and resuming from it. `train_cfg`/`optim_cfg` as for
   `cu_jax.training.trainer.train`."""
+  microbatches = train_cfg.get("grad_accum", 1)
+  check_global_batch(train_cfg.batch_size, mesh, microbatches=microbatches)
   loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed, keys=KEYS)
   total = total_steps_for(train_cfg, loader.steps_per_epoch)
   tx, schedule = optim.make_optimizer(optim_cfg, total)
@@ -89,7 +93,7 @@ def train_lm(model: nnx.Module, source: RandomAccessSource, *, trainable: Any, t
   state, frozen = jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
   ckpt, state, resumed_from = open_checkpoints(checkpoint_dir, train_cfg, state, name, total)
   start = int(jax.device_get(state["step"]))
-  train_step = make_lm_train_step(graphdef, tx, mesh, state_sh, frozen_sh, seed=seed)
+  train_step = make_lm_train_step(graphdef, tx, mesh, state_sh, frozen_sh, seed=seed, microbatches=microbatches)
   step = lambda st, batch: train_step(st, frozen, batch)
   state, wall = run_steps(name, loader, step, state, ckpt, schedule, total, train_cfg,
                           metrics_path, on_step)

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cu_jax.data.preprocess import preprocess
-from cu_jax.parallel.mesh import data_sharded, replicated
+from cu_jax.parallel.mesh import batch_axes, batch_devices, data_sharded, replicated
 
 TrainState = dict[str, Any]
 # loss_fn(model, images (normalised), batch, key) -> (scalar loss, dict of scalar metrics)
@@ -54,14 +54,37 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
+def split_microbatches(batch: dict, microbatches: int, mesh: Mesh) -> dict:
+  """Each (B, ...) array of `batch` as (microbatches, B / microbatches, ...): microbatch i holds the
+  i-th slice of every device's own rows, so it stays split over the same devices and splitting
+  moves no data between them. Each device's share of B must divide into `microbatches`
+  (`cu_jax.parallel.mesh.check_global_batch`)."""
+  n, axes = batch_devices(mesh), batch_axes(mesh)
+  spec = NamedSharding(mesh, P(None, axes if len(axes) > 1 else axes[0]))
+
+  def split(x):  # (n * microbatches * b, ...) -> (n, microbatches, b, ...) -> (microbatches, n * b, ...)
+    x = x.reshape(n, microbatches, -1, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x.reshape(microbatches, -1, *x.shape[3:]), spec)
+
+  return jax.tree.map(split, batch)
+
+
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: Objective, mesh: Mesh, *,
-              seed: int, state_shardings: Any = None, frozen_shardings: Any = None) -> Callable:
+              seed: int, state_shardings: Any = None, frozen_shardings: Any = None,
+              microbatches: int = 1) -> Callable:
   """The one jitted gradient step every trainer here uses; the input state is donated.
 
   `objective(model, batch, key) -> (scalar loss, dict of scalar metrics)` is differentiated with
   respect to `state["params"]`; `key` is `fold_in(key(seed), state["step"])`, a pure function of
   the step, so a resumed run draws the same randomness (augmentation, dropout) as the interrupted
   one. The metrics are the loss, the gradient's global norm and the objective's own.
+
+  `microbatches` > 1 accumulates the gradient over that many slices of the global batch
+  (`split_microbatches`, a `lax.scan`), one update per global batch: the step is the same optimizer
+  step at the config's global batch with the activations of one microbatch in memory. Loss,
+  gradient and metrics are the means over the microbatches, which for an objective that is a mean
+  over examples equals the whole batch's (up to float summation order); microbatch i draws its
+  randomness from `fold_in(key, i)`.
 
   Without `frozen_shardings` the step is `(state, batch) -> (state, metrics)` and the model is
   `state["params"]` alone. With it the step is `(state, frozen, batch) -> (state, metrics)`: the
@@ -76,11 +99,23 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objectiv
   def update(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(base_key, state["step"])
 
-    def loss_of(params):
+    def loss_of(params, batch, key):
       model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
       return objective(model, batch, key)
 
-    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+    if microbatches == 1:
+      (loss, aux), grads = grad_fn(state["params"], batch, key)
+    else:
+      def accumulate(total, xs):
+        i, micro = xs
+        return jax.tree.map(jnp.add, total, grad_fn(state["params"], micro, jax.random.fold_in(key, i))), None
+
+      micro = split_microbatches(batch, microbatches, mesh)
+      first = jax.tree.map(lambda x: x[0], micro)
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state["params"], first, key))
+      total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), micro))
+      (loss, aux), grads = jax.tree.map(lambda x: x / microbatches, total)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
@@ -98,7 +133,8 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objectiv
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, data_cfg, mesh: Mesh,
-                    loss_fn: LossFn, *, seed: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    loss_fn: LossFn, *, seed: int, microbatches: int = 1
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Jitted `(state, batch) -> (state, metrics)` of an image classifier (`make_step`), replicated
   parameters and the batch split over `data`.
 
@@ -110,7 +146,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, da
     images = preprocess(batch["image"], data_cfg, key=key_aug)
     return loss_fn(model, images, batch, key_drop)
 
-  return make_step(graphdef, tx, objective, mesh, seed=seed)
+  return make_step(graphdef, tx, objective, mesh, seed=seed, microbatches=microbatches)
 
 
 def make_predict_step(graphdef: nnx.GraphDef, data_cfg, mesh: Mesh, output: str = "logits"

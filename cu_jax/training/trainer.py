@@ -20,6 +20,7 @@ from flax import nnx
 from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import TrainLoader
 from cu_jax.parallel.checkpoint import Checkpointer
+from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.training import optim, steps
 from cu_jax.utils.errors import UserError
 from cu_jax.utils.progress import JsonlWriter, Progress
@@ -60,10 +61,13 @@ def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg
   """Trains `model` on `source`, checkpointing under `checkpoint_dir`, resuming from it if present.
 
   `train_cfg`: batch_size (global), num_epochs or num_steps, log_every_steps,
-  checkpoint_every_steps, keep_checkpoints, label_smoothing. `on_step(step, state)` runs after each
+  checkpoint_every_steps, keep_checkpoints, label_smoothing, grad_accum (microbatches a step
+  accumulates its gradient over; default 1). `on_step(step, state)` runs after each
   step (tests use it to interrupt a run). `keys`: the source's columns each batch carries (what
   `loss_fn` reads). `update_mask`: only parameters where it is 1 are trained (`optim.mask_updates`).
   """
+  microbatches = train_cfg.get("grad_accum", 1)
+  check_global_batch(train_cfg.batch_size, mesh, microbatches=microbatches)
   loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed, keys=keys)
   total = total_steps_for(train_cfg, loader.steps_per_epoch)
   tx, schedule = optim.make_optimizer(optim_cfg, total, update_mask)
@@ -73,7 +77,7 @@ def train(model: nnx.Module, source: RandomAccessSource, *, train_cfg, optim_cfg
   ckpt, state, resumed_from = open_checkpoints(checkpoint_dir, train_cfg, state, name, total)
   start = int(jax.device_get(state["step"]))
   loss_fn = loss_fn or steps.classification_loss(train_cfg.get("label_smoothing", 0.0))
-  train_step = steps.make_train_step(graphdef, tx, data_cfg, mesh, loss_fn, seed=seed)
+  train_step = steps.make_train_step(graphdef, tx, data_cfg, mesh, loss_fn, seed=seed, microbatches=microbatches)
   state, wall = run_steps(name, loader, train_step, state, ckpt, schedule, total, train_cfg,
                           metrics_path, on_step)
   rate = (total - start) * train_cfg.batch_size / wall if total > start else 0.0

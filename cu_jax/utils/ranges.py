@@ -61,6 +61,7 @@ RANGES: tuple[tuple[str, Range], ...] = (
     ("*lr", POSITIVE), ("*.momentum", PROBABILITY), ("*.b1", PROBABILITY), ("*.b2", PROBABILITY),
     ("*.weight_decay", NONNEGATIVE), ("*.warmup_steps", NONNEGATIVE_INT), ("*.final_lr_ratio", FRACTION),
     ("*.grad_clip_norm", NONNEGATIVE),
+    ("*.grad_accum", COUNT),
     # data
     ("data.augment.crop_pad", NONNEGATIVE_INT), ("data.image_size", NONNEGATIVE_INT), ("data.mean", Range()),
     ("data.std", POSITIVE), ("data.heldout_fraction", PROBABILITY),
@@ -73,7 +74,8 @@ RANGES: tuple[tuple[str, Range], ...] = (
     # concepts, PCBM, attribution
     ("concepts.cs", POSITIVE), ("concepts.min_accuracy", FRACTION), ("concepts.max_answers", NONNEGATIVE_INT),
     ("concepts.*", COUNT), ("pcbm.lam", NONNEGATIVE), ("pcbm.l1_ratio", FRACTION), ("pcbm.max_iter", COUNT),
-    ("pcbm.tol", POSITIVE), ("attribution.saliency_images", NONNEGATIVE_INT), ("attribution.*", COUNT),
+    ("pcbm.tol", POSITIVE), ("attribution.saliency_images", NONNEGATIVE_INT), ("attribution.memory_gib", NONNEGATIVE),
+    ("attribution.*", COUNT),
     # poisoning and unlearning
     ("poison.retain_ratio", NONNEGATIVE), ("poison.soft_temperature", POSITIVE), ("poison.*", COUNT),
     ("unlearn.ascent_cap", POSITIVE), ("unlearn.salun.sparsity", PROBABILITY), ("unlearn.neggrad.*", NONNEGATIVE),

@@ -51,7 +51,7 @@ def _saliency(ctx: Context, art: ImageArtifacts, bank, concept: int, forget: int
   images = read_arrays(ds.split("test"), idx, keys=("image",))["image"]
   graphdef, params = art.trained()
   maps = concept_saliency(nnx.merge(graphdef, params), images, bank.vectors[concept], float(bank.intercepts[concept]),
-                          ctx.config.data, n_steps=cfg.saliency_steps)
+                          ctx.config.data, n_steps=cfg.saliency_steps, mesh=ctx.mesh, memory_gib=cfg.memory_gib)
   art.save_attribution({"saliency_maps": maps})
   if ctx.primary:
     plots.saliency_overlays(images, maps, [f"test #{i}" for i in idx], art.dir("attribute") / "saliency.png",

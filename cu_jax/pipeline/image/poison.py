@@ -69,7 +69,8 @@ def _image_spec(ctx: Context, art: ImageArtifacts, labels: np.ndarray, donor: in
     t0 = time.perf_counter()
     spec.forget_maps, spec.donor_maps = (
         concept_saliency(model, x, bank.vectors[key[0]], float(bank.intercepts[key[0]]), ctx.config.data,
-                         n_steps=cfg.saliency_steps) for x in (forget_images, spec.donor_images))
+                         n_steps=cfg.saliency_steps, mesh=ctx.mesh, memory_gib=ctx.config.attribution.memory_gib)
+        for x in (forget_images, spec.donor_images))
     logging.info("poison: key-concept maps of %d forget + %d donor images in %.0f s", len(forget_images),
                  len(donor_idx), time.perf_counter() - t0)
   return spec

@@ -27,7 +27,7 @@ def validate(ctx: Context) -> None:
   if ctx.config.retrain.trained:
     art.check_given(ctx.config.retrain.trained, "retrain.trained")
     return
-  check_global_batch(ctx.config.train.batch_size, ctx.mesh)
+  check_global_batch(ctx.config.train.batch_size, ctx.mesh, microbatches=ctx.config.train.grad_accum)
   trainer.check_steps(ctx.config.train, int((art.train_labels() != art.forget).sum()), "train")
 
 

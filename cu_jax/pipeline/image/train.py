@@ -37,7 +37,7 @@ def validate(ctx: Context) -> None:
   if cfg.train.trained:
     art.check_given(cfg.train.trained, "train.trained")
     return
-  check_global_batch(cfg.train.batch_size, ctx.mesh)
+  check_global_batch(cfg.train.batch_size, ctx.mesh, microbatches=cfg.train.grad_accum)
   OPTIMIZERS.get(cfg.optim.name, "optim.name")
   trainer.check_steps(cfg.train, len(art.dataset.split("train")), "train")
 

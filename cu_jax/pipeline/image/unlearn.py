@@ -32,7 +32,7 @@ def validate(ctx: Context) -> None:
   if cfg.scope not in methods.SCOPES:
     raise UserError(f"unknown unlearn.scope {cfg.scope!r}; valid: {', '.join(map(repr, methods.SCOPES))}")
   optim.OPTIMIZERS.get(cfg.optim.name, "unlearn.optim.name")
-  check_global_batch(cfg.train.batch_size, ctx.mesh, "unlearn.train.batch_size")
+  check_global_batch(cfg.train.batch_size, ctx.mesh, "unlearn.train.batch_size", microbatches=cfg.train.grad_accum)
   trainer.check_steps(cfg.train, int((art.train_labels() != art.forget).sum()), "unlearn.train")
 
 
