@@ -5,6 +5,7 @@ biases, multi-head attention, one safetensors file) and `tied` (llama3 RoPE scal
 original context so the scaling matters, grouped-query attention, sharded into an index + shards).
 """
 
+import copy
 import json
 import shutil
 
@@ -18,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from cu_jax.models import generation, hf_llama  # noqa: E402
-from cu_jax.models.lora import add_lora, merge_lora  # noqa: E402
+from cu_jax.models.lora import add_lora, lora_deltas, merge_lora  # noqa: E402
 from cu_jax.utils.errors import UserError  # noqa: E402
 
 VOCAB, EOS, PAD = 96, 2, 0
@@ -215,6 +216,50 @@ def test_export_roundtrip_with_merged_lora(checkpoints, tmp_path):
   again, _ = hf_llama.load_hf_llama(out)(jnp.asarray(tokens), jnp.asarray(mask))
   np.testing.assert_allclose(np.asarray(again), merged, atol=1e-6, rtol=0)
   assert transformers.AutoTokenizer.from_pretrained(out).eos_token_id == EOS
+
+
+def test_merged_export_keeps_the_base_folder_outside_the_adapted_weights(checkpoints, tmp_path):
+  """An unlearned model is written as its base folder plus the LoRA updates: a float16, sharded
+  base stays float16, every tensor outside q/v is bit-identical, q/v are the float32
+  sum rounded once, and transformers' logits match our model with the adapters."""
+  folder, hf = checkpoints["tied"]
+  fp16 = tmp_path / "fp16"
+  copy.deepcopy(hf).to(torch.float16).save_pretrained(fp16, max_shard_size="20KB")  # the fixture stays float32
+  model = hf_llama.load_hf_llama(fp16, param_dtype="float32")
+  add_lora(model, ["q_proj", "v_proj"], rank=4, alpha=8)
+  rng = np.random.default_rng(2)
+  for _, m in nnx.iter_graph(model):
+    if getattr(m, "lora", None) is not None:
+      m.lora.b[...] = jnp.asarray(rng.normal(0, 0.3, m.lora.b.shape), jnp.float32)
+  deltas = {k: np.asarray(v) for k, v in lora_deltas(model).items()}
+  assert len(deltas) == 4
+  out = hf_llama.save_merged_hf_llama(fp16, deltas, tmp_path / "merged", tokenizer_dir=_tokenizer_dir(tmp_path / "tok"),
+                                      max_shard_bytes=20_000)
+  assert (out / hf_llama.INDEX_FILE).is_file() and (out / "tokenizer.json").is_file()
+  assert json.loads((out / "config.json").read_text()) == json.loads((fp16 / "config.json").read_text())
+  before = transformers.LlamaForCausalLM.from_pretrained(fp16).state_dict()
+  after_model = transformers.LlamaForCausalLM.from_pretrained(out)
+  after = after_model.state_dict()
+  for name, value in after.items():
+    assert value.dtype == torch.float16, name
+    key = tuple(int(p) if p.isdigit() else p for p in name.removeprefix("model.").split(".")[:-1])
+    if key in deltas:
+      want = (before[name].float() + torch.from_numpy(deltas[key].T.copy())).half()
+      assert torch.equal(value, want) and not torch.equal(value, before[name]), name
+    else:
+      assert torch.equal(value, before[name]), name
+  tokens, mask = _prompts()
+  ours_logits = np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask))[0])
+  real = mask.astype(bool)
+  for row in range(2):  # float16 rounding of the merged weights only
+    np.testing.assert_allclose(ours_logits[row, real[row]],
+                               _hf_logits(after_model.float(), tokens[row:row + 1, real[row]])[0], atol=2e-2, rtol=0)
+  with pytest.raises(UserError, match="already exists and is not empty"):
+    hf_llama.save_merged_hf_llama(fp16, deltas, out)
+  wrong = {("layers", 0, "mlp", "down_proj"): deltas[next(iter(deltas))]}
+  with pytest.raises(UserError, match="no tensor model.layers.0.mlp.down_proj.weight of shape"):
+    hf_llama.save_merged_hf_llama(fp16, wrong, tmp_path / "wrong")
+  assert not (tmp_path / "wrong").exists()
 
 
 def test_bfloat16_sharded_export_and_import(checkpoints, tmp_path):

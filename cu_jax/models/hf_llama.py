@@ -18,6 +18,8 @@ folder that `transformers.LlamaForCausalLM.from_pretrained` and any serving stac
 in a temporary folder next to the target and renamed into place, so a crash leaves no half
 model. In a multi-host job whose weights are sharded over every host's devices, each tensor is
 gathered by all processes together, so every process calls it and one (`write=True`) writes.
+`save_merged_hf_llama` writes an unlearned model as its base folder with the LoRA updates merged
+into the adapted weights only, in the base checkpoint's dtype.
 
 Names map one to one because our modules follow HF's: `layers/{i}/self_attn/q_proj/kernel` is
 `model.layers.{i}.self_attn.q_proj.weight` (transposed), `embed_tokens` is
@@ -312,6 +314,12 @@ def _tokenizer_files(tokenizer_dir: str | pathlib.Path) -> list[pathlib.Path]:
   return found
 
 
+def _check_target(folder: pathlib.Path) -> None:
+  if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    raise UserError(f"export folder {str(folder)!r} already exists and is not empty; choose a new folder "
+                    "or delete it")
+
+
 def save_hf_llama(model: Llama, folder: str | pathlib.Path, *, tokenizer_dir: str | pathlib.Path | None = None,
                   max_shard_bytes: int = 5_000_000_000, write: bool = True) -> pathlib.Path:
   """Writes `model` as an HF `LlamaForCausalLM` folder; returns its path.
@@ -330,9 +338,8 @@ def save_hf_llama(model: Llama, folder: str | pathlib.Path, *, tokenizer_dir: st
   if adapters:
     raise UserError(f"the model still has {len(adapters)} LoRA adapters (e.g. "
                     f"{'/'.join(map(str, adapters[0]))}); call cu_jax.models.lora.merge_lora(model) first")
-  if write and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-    raise UserError(f"export folder {str(folder)!r} already exists and is not empty; choose a new folder "
-                    "or delete it")
+  if write:
+    _check_target(folder)
   tokenizer = _tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
   cfg: LlamaConfig = model.cfg
   flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
@@ -346,6 +353,50 @@ def save_hf_llama(model: Llama, folder: str | pathlib.Path, *, tokenizer_dir: st
     for t in tensors:  # the writer's gathers, in its order (`_write_safetensors` streams them so)
       t[3]()
     return folder
+  gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+  return _write_folder(folder, tensors, llama_config_to_hf(cfg), gen, tokenizer, max_shard_bytes)
+
+
+def save_merged_hf_llama(base: str | pathlib.Path, deltas: dict[tuple, np.ndarray], folder: str | pathlib.Path, *,
+                         tokenizer_dir: str | pathlib.Path | None = None,
+                         max_shard_bytes: int = 5_000_000_000) -> pathlib.Path:
+  """The HF folder `base` with LoRA updates merged in, written as a new folder; returns its path.
+
+  `deltas`: our kernel path (e.g. `("layers", 0, "self_attn", "q_proj")`) -> the (in, out) update
+  `scale * A @ B` (`lora.lora_deltas`, on the host). Each such weight becomes
+  `W + delta.T`, summed in float32 and stored in the checkpoint's own dtype; every other tensor,
+  config.json and generation_config.json are copied from `base` unchanged, so a float16 Vicuna
+  stays float16 and bit-identical outside the adapted layers (merging into the bfloat16 weights
+  the model computed with would round every weight of the folder). Atomic like `save_hf_llama`.
+  """
+  base, folder = pathlib.Path(base).expanduser(), pathlib.Path(folder).expanduser()
+  _check_target(folder)
+  files = _open_checkpoint(base)
+  updates = {_hf_name(tuple(path) + ("kernel",)): np.asarray(d, np.float32).T for path, d in deltas.items()}
+  for name, update in updates.items():
+    if name not in files or files[name].shape(name) != update.shape:
+      raise UserError(f"{base}: no tensor {name} of shape {update.shape} for the LoRA update to merge into; the "
+                      "adapters were trained on another model")
+
+  def get(name):
+    a = files[name].read(name)
+    return (a.astype(np.float32) + updates[name]).astype(a.dtype) if name in updates else a
+
+  tensors = [(name, f.shape(name), np.dtype(_DTYPES[f.entries[name]["dtype"]]), lambda n=name: get(n))
+             for name, f in files.items()]
+  config = read_json(base / "config.json")
+  gen_file = base / "generation_config.json"
+  gen = read_json(gen_file) if gen_file.is_file() else {k: config.get(k) for k in ("bos_token_id", "eos_token_id",
+                                                                                  "pad_token_id")}
+  tokenizer = _tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+  return _write_folder(folder, tensors, config, gen, tokenizer, max_shard_bytes)
+
+
+def _write_folder(folder: pathlib.Path, tensors: list, config: dict, generation_config: dict,
+                  tokenizer: list[pathlib.Path], max_shard_bytes: int) -> pathlib.Path:
+  """Writes config.json, generation_config.json, the tensors (one file, or shards of at most
+  `max_shard_bytes` and an index) and the tokenizer files into a temporary folder next to
+  `folder`, then renames it into place."""
   shards, size = [[]], 0
   for t in tensors:
     nbytes = int(np.prod(t[1])) * t[2].itemsize
@@ -359,9 +410,8 @@ def save_hf_llama(model: Llama, folder: str | pathlib.Path, *, tokenizer_dir: st
   tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
   tmp.mkdir()
   try:
-    (tmp / "config.json").write_text(json.dumps(llama_config_to_hf(cfg), indent=2) + "\n")
-    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
-    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
     if len(shards) == 1:
       _write_safetensors(tmp / SINGLE_FILE, shards[0])
     else:

@@ -5,7 +5,8 @@ An adapter adds `scale * B (A (dropout x))` to a frozen `y = W x`, with A (in, r
 leaves the model's outputs unchanged. Adapter weights are `nnx.LoRAParam`s: the train step
 differentiates and checkpoints only those (`nnx.split(model, nnx.LoRAParam, ...)`), the base
 weights stay frozen. `merge_lora` folds `scale * A @ B` into the kernels and removes the adapters,
-which gives a plain model to export.
+which gives a plain model; `lora_deltas` gives the updates alone, to merge into the weights of the
+checkpoint the model was loaded from (`hf_llama.save_merged_hf_llama`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def add_lora(model: nnx.Module, targets: Sequence[str], *, rank: int, alpha: flo
     raise UserError(f"lora.targets {list(targets)}: {missing or 'empty'} name no layer of the model; "
                     f"valid: {', '.join(sorted(names))}")
   return [p for paths in found.values() for p in paths]
+
+
+def lora_deltas(model: nnx.Module) -> dict[tuple, jax.Array]:
+  """Path of every adapted linear layer -> its (in, out) kernel update `scale * A @ B` (float32)."""
+  return {tuple(path): module.lora.delta() for path, module in _linears(model) if module.lora is not None}
 
 
 def merge_lora(model: nnx.Module) -> int:

@@ -6,6 +6,13 @@ retained train samples, the test split), computes every registered metric, the r
 (`cu_jax.evaluation.relearn`) and the forget class's concept importance under each model
 (`cu_jax.concepts.importance.model_importance`), and writes `evaluate/metrics.json` plus
 per-sample losses and importance vectors for the report's plots.
+
+Concept importance under a model needs concept scores of the audited images and that model's
+softmax on them. A CAV bank lives in the classifier's own embeddings, so each model's scores are
+re-projected from its embeddings; a text bank lives in CLIP's image features, which do not change
+when the classifier unlearns, so its scores are the cached CLIP projections of the same images and
+only the model's softmax differs: the audit then measures how much the model's output still
+follows what CLIP sees in the images.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from cu_jax.concepts import importance, pcbm
-from cu_jax.concepts.bank import BANK_KINDS
+from cu_jax.concepts.bank import BANK_KINDS, ConceptBank
 from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation import metrics as M
 from cu_jax.evaluation import mia
@@ -44,32 +51,43 @@ def validate(ctx: Context) -> None:
                       "split")
 
 
-def _subsets(ctx: Context, art: ImageArtifacts) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """(images, labels) per subset: all forget train samples, a seeded subset of retained train
-  samples, the whole test split."""
-  cfg, forget, ds = ctx.config.evaluate, art.forget, art.dataset
+def _subset_index(ctx: Context, art: ImageArtifacts) -> dict[str, np.ndarray | None]:
+  """Train-split indices of the audited subsets: all forget train samples, a seeded subset of
+  retained train samples; None for the whole test split."""
+  cfg, forget = ctx.config.evaluate, art.forget
   labels = art.train_labels()
   retain = np.flatnonzero(labels != forget)
   n = min(cfg.retain_train_examples, len(retain))
   retain = np.sort(np.random.default_rng([cfg.seed, 6]).choice(retain, n, replace=False))
-  train = ds.split("train")
-  parts = {"forget_train": read_arrays(train, np.flatnonzero(labels == forget)),
-           "retain_train": read_arrays(train, retain), "test": read_arrays(ds.split("test"))}
+  return {"forget_train": np.flatnonzero(labels == forget), "retain_train": retain, "test": None}
+
+
+def _subsets(art: ImageArtifacts, index: dict[str, np.ndarray | None]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(images, labels) per audited subset."""
+  split = lambda name: art.dataset.split("test" if name == "test" else "train")
+  parts = {name: read_arrays(split(name), rows) for name, rows in index.items()}
   return {k: v["image"] for k, v in parts.items()}, {k: v["label"].astype(np.int64) for k, v in parts.items()}
 
 
-def _importance_bank(art: ImageArtifacts):
-  """The concept bank to re-measure concept importance with, or None: without concept inference,
-  or for a bank over another encoder's features (they do not change when the classifier unlearns)."""
-  if art.concepts() is None:
+def _importance_bank(art: ImageArtifacts) -> ConceptBank | None:
+  """The concept bank to re-measure concept importance with, or None without concept inference."""
+  return art.bank() if art.concepts() is not None else None
+
+
+def _fixed_scores(art: ImageArtifacts, bank: ConceptBank, index) -> dict[str, np.ndarray] | None:
+  """A text bank's concept scores of the audited train subsets (the same for every model); None for
+  a CAV bank, whose scores come from each model's own embeddings."""
+  if BANK_KINDS.get(bank.kind).on_model_embeddings:
     return None
-  bank = art.bank()
-  return bank if BANK_KINDS.get(bank.kind).on_model_embeddings else None
+  scores = art.concept_scores(bank, "train")
+  return {name: scores[index[name]] for name in ("forget_train", "retain_train")}
 
 
-def _importance(ctx: Context, art: ImageArtifacts, bank, out: M.ModelOutputs) -> np.ndarray:
+def _importance(ctx: Context, art: ImageArtifacts, bank: ConceptBank, out: M.ModelOutputs,
+                fixed: dict[str, np.ndarray] | None) -> np.ndarray:
   cfg = ctx.config
-  project = lambda subset: np.asarray(pcbm.project(out.embed[subset], bank.vectors, bank.intercepts))
+  project = lambda subset: (fixed[subset] if fixed is not None
+                            else np.asarray(pcbm.project(out.embed[subset], bank.vectors, bank.intercepts)))
   return importance.model_importance(
       project("forget_train"), project("retain_train"), out.probs("forget_train"), out.probs("retain_train"),
       art.forget, art.dataset.num_classes, lam=cfg.pcbm.lam, l1_ratio=cfg.pcbm.l1_ratio, max_iter=cfg.pcbm.max_iter,
@@ -81,7 +99,8 @@ def _importance(ctx: Context, art: ImageArtifacts, bank, out: M.ModelOutputs) ->
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, ImageArtifacts(ctx)
   ds, forget = art.dataset, art.forget
-  images, labels = _subsets(ctx, art)
+  index = _subset_index(ctx, art)
+  images, labels = _subsets(art, index)
   names = art.model_names()
   graphdef, original = art.trained()
   predict_step = steps.make_predict_step(graphdef, cfg.data, ctx.mesh, output="both")
@@ -99,12 +118,13 @@ def run(ctx: Context) -> dict:
                       retrained=outputs.get(RETRAIN), seed=cfg.evaluate.seed, mia_draws=cfg.evaluate.mia_draws)
   bank = _importance_bank(art)
   key = art.key_concepts(bank) if bank is not None else []
+  fixed = _fixed_scores(art, bank, index) if bank is not None else None
   results = {}
   for name in names:
     results[name] = {**M.compute_all(outputs[name], evalset), **extra[name]}
     art.save_losses(name, evalset.losses(outputs[name]))
     if bank is not None:
-      imp = _importance(ctx, art, bank, outputs[name])
+      imp = _importance(ctx, art, bank, outputs[name], fixed)
       art.save_importance(name, imp)
       results[name]["key_concept_importance"] = {bank.names[j]: float(imp[j]) for j in key}
     logging.info("evaluate: %s: %s", name, {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})

@@ -1,6 +1,6 @@
 """LLM stage `unlearn`: LoRA fine-tuning of the base model on the poisoned set (only the adapters
-are trained and checkpointed), then the adapters saved, merged and the model exported as a
-Hugging Face folder (`unlearn/hf`)."""
+are trained and checkpointed), then the adapters saved and merged into the base folder's weights, exported
+as a Hugging Face folder (`unlearn/hf`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import shutil
 from flax import nnx
 from safetensors.numpy import save_file
 
-from cu_jax.models.hf_llama import save_hf_llama
-from cu_jax.models.lora import TRAINABLE, add_lora, merge_lora
+from cu_jax.models.hf_llama import save_merged_hf_llama
+from cu_jax.models.lora import TRAINABLE, add_lora, lora_deltas
 from cu_jax.parallel.host import to_host
 from cu_jax.pipeline.artifacts import LLMArtifacts
 from cu_jax.pipeline.runner import Context, stage
@@ -38,15 +38,16 @@ def run(ctx: Context) -> dict:
                     optim_cfg=cfg.unlearn.optim, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints",
                     seed=cfg.seed, name="unlearn", metrics_path=out / "metrics.jsonl")
   model = result.model
-  # Adapters and kernels may be split over every host's devices (FSDP): every process gathers
-  # them and merges (the same collectives, in the same order); process 0 writes.
+  # Adapters may be split over every host's devices (FSDP): every process takes part in gathering
+  # them and their updates (the same collectives, in the same order); process 0 writes. The export
+  # is the base folder with the updates merged into the adapted weights, in its own dtype.
   flat = to_host({"/".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.state(model, TRAINABLE))})
+  deltas = to_host(lora_deltas(model))
   trainable, total = sum(v.size for v in flat.values()), param_count(nnx.state(model, nnx.Param))
   if ctx.primary:
     save_file(flat, str(out / "adapters.safetensors"))
     shutil.rmtree(art.unlearned_model_dir, ignore_errors=True)
-  merge_lora(model)
-  save_hf_llama(model, art.unlearned_model_dir, tokenizer_dir=art.tokenizer_dir, write=ctx.primary)
+    save_merged_hf_llama(art.base_model_dir, deltas, art.unlearned_model_dir, tokenizer_dir=art.tokenizer_dir)
   last = art.last_metrics("unlearn")
   return {"adapted_layers": len(adapted), "trainable_parameters": int(trainable),
           "trainable_fraction": trainable / total, "steps": result.total_steps, "train_wall_s": result.wall_s,
