@@ -132,10 +132,14 @@ def base() -> mlc.ConfigDict:
   c.attribution.memory_gib = 0.0
 
   c.poison = mlc.ConfigDict()
-  c.poison.labels = "targeted"  # random | targeted (the donor class) | keep | soft (donor distribution)
+  # random | targeted (the donor class) | keep | soft (donor distribution) | complement (the original
+  # model's softmax without the forget class, per sample) | concept (a concept head's, per sample)
+  c.poison.labels = "targeted"
   c.poison.exclude_forget = False  # random: draw from the other classes only
   c.poison.donor = ""  # "" = the donor found by concept inference; or a class (index or name)
   c.poison.soft_temperature = 0.5  # soft: softmax(donor score / T) over the other classes
+  c.poison.target_temperature = 1.0  # complement, concept: softmax(logits / T) over the other classes
+  c.poison.concept_head = "drop_row"  # concept: the PCBM head without the forget row, or "refit" on the retained classes
   c.poison.images = "none"  # none | localized (at the key concept) | center | random | full
   c.poison.patch_size = 8
   c.poison.donor_pool = 64  # donor images the patches (or full images) come from
@@ -171,7 +175,7 @@ def base() -> mlc.ConfigDict:
   c.evaluate.relearn_lr = 1e-4  # Adam
   c.evaluate.relearn_accuracy = 0.5  # relearned when forget test accuracy reaches this
   c.evaluate.relearn_max_steps = 100
-  c.evaluate.relearn_eval_every = 5
+  c.evaluate.relearn_eval_every = 1  # steps between accuracy checks: 1 counts the steps exactly
   c.evaluate.mia_draws = 100  # mia_fr pools this many attackers, each fit on its own balanced subsample
   c.evaluate.seed = 0
 

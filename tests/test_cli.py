@@ -95,7 +95,8 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.unlearn.method=forget_all",
      "unknown unlearning method 'forget_all' (set --config.unlearn.method=...); valid: concept_poison, finetune"),
     ("--config.poison.labels=nearest", "unknown poison label strategy 'nearest' (set --config.poison.labels=...); "
-     "valid: keep, random, soft, targeted"),
+     "valid: complement, concept, keep, random, soft, targeted"),
+    ("--config.poison.concept_head=mean", "unknown poison.concept_head 'mean'; valid: 'drop_row', 'refit'"),
     ("--config.poison.images=blur", "unknown poison image strategy 'blur'"),
     ("--config.stages=('train','poison')", "poison.labels='targeted' needs a donor class from concept inference"),
     ("--config.unlearn.baselines=('retrain',)", "'retrain' is its own stage"),
@@ -133,6 +134,11 @@ def test_cli_unlearning_stages_write_the_report(finished_run):
   assert report["hyper_parameters"]["unlearn"]["train"]["batch_size"] == 64 and report["num_devices"] == 8
   text = (workdir / "report" / "report.md").read_text()
   assert "| **concept_poison** |" in text and "agreement_forget" in text
+  gap = report["avg_gap"]  # the headline: every model ranked by its gap to the retrained model
+  assert sorted(gap["ranking"]) == sorted(n for n in report["models"] if n != "retrain")
+  assert [gap["models"][n]["avg_gap"] for n in gap["ranking"]] == sorted(gap["models"][n]["avg_gap"] for n in gap["ranking"])
+  assert gap["mia"] in ("mia_fr", "mia_svc", "mia_loss") and len(gap["over"]) == 4
+  assert text.index("Avg.Gap") < text.index("## Methods x metrics")
   assert 0.0 <= report["mia_fr_attacker"]["heldout_accuracy"] <= 1.0 and "mia_fr pools 100 SVC attackers" in text
   for png in report["plots"]:
     assert (workdir / "report" / png).read_bytes()[:4] == b"\x89PNG"

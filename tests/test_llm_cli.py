@@ -91,7 +91,10 @@ def test_llm_cli_bad_inputs(tmp_path):
   # A context too short for the prompts.
   err = _error(_cli(tmp_path / "e", "--config.data.max_len=16"))
   assert "max_len" in err
-  for name in "abcd":
+  # Gradient accumulation that does not divide a device's share of the batch.
+  err = _error(_cli(tmp_path / "f", "--config.unlearn.train.grad_accum=3"))
+  assert "unlearn.train.batch_size=8 gives 1 examples per device" in err and "unlearn.train.grad_accum=3" in err
+  for name in "abcdf":
     assert not (tmp_path / name).exists(), name  # refused before anything was written
 
 

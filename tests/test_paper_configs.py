@@ -52,10 +52,10 @@ def _cli(config, workdir, *overrides):
   return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
 
 
-def _cifar_images(labels: np.ndarray, rng) -> np.ndarray:
+def _cifar_images(labels: np.ndarray, rng, num_classes: int) -> np.ndarray:
   """32x32 images a small model can tell apart: its class's colour, noise, and a bright square
   somewhere (structure for the key-concept maps to find)."""
-  palette = np.random.default_rng(1).integers(0, 200, (10, 3))  # the same in every batch file
+  palette = np.random.default_rng(1).integers(0, 200, (num_classes, 3))  # the same in every batch file
   images = palette[labels][:, None, None, :] + rng.integers(0, 40, (len(labels), 32, 32, 3))
   for i in range(len(labels)):
     y, x = rng.integers(0, 32 - 10, 2)
@@ -63,10 +63,12 @@ def _cifar_images(labels: np.ndarray, rng) -> np.ndarray:
   return np.clip(images, 0, 255).astype(np.uint8)
 
 
-def write_cifar10_archive(folder: pathlib.Path, per_batch: int = 200, test: int = 200) -> None:
-  """cifar-10-binary.tar.gz in the official layout (5 train batches + test batch of 3073-byte
-  records: label byte, then the R, G, B planes; batches.meta.txt)."""
-  layout, rng = LAYOUTS["cifar10"], np.random.default_rng(0)
+def write_cifar_archive(folder: pathlib.Path, name: str = "cifar10", train: int = 1000, test: int = 200) -> None:
+  """cifar-10-binary.tar.gz / cifar-100-binary.tar.gz in the official layout: fixed-size records
+  (label byte, or coarse and fine label bytes, then the R, G, B planes) in the train batch files
+  and the test batch, and the class names file; classes balanced in every file."""
+  layout, rng = LAYOUTS[name], np.random.default_rng(0)
+  num_classes = len(layout.class_names)
   with tarfile.open(folder / layout.archive, "w:gz") as tar:
     def add(file, data):
       info = tarfile.TarInfo(f"{layout.folder}/{file}")
@@ -75,25 +77,27 @@ def write_cifar10_archive(folder: pathlib.Path, per_batch: int = 200, test: int 
     add(layout.names_file, ("\n".join(layout.class_names) + "\n").encode())
     for split, files in layout.members.items():
       for file in files:
-        n = per_batch if split == "train" else test
-        labels = np.arange(n) % 10
+        n = (train // len(files)) if split == "train" else test
+        labels = np.arange(n) % num_classes
         rng.shuffle(labels)
-        images = _cifar_images(labels, rng)
-        records = np.concatenate([labels[:, None].astype(np.uint8), images.transpose(0, 3, 1, 2).reshape(n, -1)], 1)
+        images = _cifar_images(labels, rng, num_classes)
+        heads = [labels // 5, labels] if layout.label_bytes == 2 else [labels]  # cifar100: coarse, fine
+        records = np.concatenate([np.stack(heads, 1).astype(np.uint8), images.transpose(0, 3, 1, 2).reshape(n, -1)], 1)
         add(file, records.tobytes())
 
 
-def write_hf_vit(folder: pathlib.Path) -> None:
+def write_hf_vit(folder: pathlib.Path, num_labels: int = 10) -> None:
   torch.manual_seed(0)
   config = transformers.ViTConfig(image_size=IMAGE_SIZE, patch_size=16, num_channels=3, hidden_size=32,
-                                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=10)
+                                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                  num_labels=num_labels)
   transformers.ViTForImageClassification(config).save_pretrained(folder, safe_serialization=True)
 
 
 @pytest.fixture(scope="module")
 def vit_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("paper_vit")
-  write_cifar10_archive(root)
+  write_cifar_archive(root)
   write_hf_vit(root / "vit")
   workdir = root / "run"
   proc = _cli("configs/vit.py", workdir, f"--config.data.data_dir={root / 'tfds'}",
@@ -134,6 +138,32 @@ def test_paper_vit_forget_accuracy_falls(vit_run):
   assert unlearned["acc_forget_test"] <= 0.1, unlearned
   assert unlearned["acc_retain_test"] >= original["acc_retain_test"] - 0.1
   assert "key_concept_importance" in unlearned
+
+
+def test_paper_vit_config_on_cifar100_runs_every_stage(tmp_path):
+  """`data.name=cifar100`: the fine labels, the CAV bank from the shipped CIFAR-100 lists."""
+  write_cifar_archive(tmp_path, "cifar100", train=1000, test=300)
+  write_hf_vit(tmp_path / "vit", num_labels=100)
+  workdir = tmp_path / "run"
+  run = lambda *extra: _cli(
+      "configs/vit.py", workdir, "--config.data.name=cifar100", f"--config.data.data_dir={tmp_path / 'tfds'}",
+      f"--config.data.archive_dir={tmp_path}", f"--config.model.init_from={tmp_path / 'vit'}", *VIT_OVERRIDES,
+      "--config.concepts.n_per_side=10", "--config.concepts.n_heldout=10", "--config.train.num_epochs=2.0",
+      "--config.unlearn.train.num_epochs=1.0", "--config.unlearn.baselines=()", *extra)
+  # 10 train images a class: the relearn test's batch of 16 is refused before anything runs.
+  proc = run()
+  assert proc.returncode == 2 and "error: evaluate.relearn_batch_size=16 is larger than the 10 train images of " \
+      "the forget class 'apple'" in proc.stderr and not workdir.exists(), proc.stderr[-3000:]
+  proc = run("--config.evaluate.relearn_batch_size=8", "--config.evaluate.relearn_examples=8")
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  config = json.loads((workdir / "config.json").read_text())
+  for stage in config["stages"]:
+    assert (workdir / stage / "done.json").exists(), stage
+  concepts = json.loads((workdir / "attribute" / "concepts.json").read_text())
+  assert concepts["forget_class"] == {"index": 0, "name": "apple"} and len(concepts["per_class"]) == 100
+  shipped = json.loads((ROOT / "cu_jax/concepts/data/cifar100.json").read_text())["classes"]
+  bank = json.loads((workdir / "concepts" / "bank.json").read_text())
+  assert set(bank["names"]) <= {c for concepts in shipped.values() for c in concepts}
 
 
 def test_paper_vit_config_with_a_text_bank_audits_the_key_concepts(vit_run, tmp_path):

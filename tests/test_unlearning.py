@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from cu_jax.data.datasets import ArraySource
+from cu_jax.evaluation import metrics
 from cu_jax.models.vit import ViT, ViTConfig
 from cu_jax.parallel.mesh import make_mesh
 from cu_jax.training import predict, steps, trainer
@@ -188,8 +189,30 @@ def test_label_strategies():
   assert target[0, 2] == 0 and (labels == 3).all() and target[0, 3] > target[0, 4] > target[0, 1]
   with pytest.raises(UserError, match="needs a donor class"):
     poison.LABELS.get("targeted")(_spec(), 3, rng)
-  with pytest.raises(UserError, match="unknown poison label strategy 'nearest'.*valid: keep, random, soft, targeted"):
+  with pytest.raises(UserError, match="unknown poison label strategy 'nearest'.*valid: complement, concept, keep, "
+                     "random, soft, targeted"):
     poison.poison(np.zeros((1, 8, 8, 1), np.uint8), _spec(), "nearest", "none", None, seed=0)
+
+
+@pytest.mark.parametrize("name, field", [("complement", "model_logits"), ("concept", "concept_logits")])
+def test_per_sample_label_strategies_renormalise_without_the_forget_class(name, field):
+  """complement / concept: per sample, softmax(logits / T) over the classes other than the forget
+  class; checked against a hand-computed case and on random logits."""
+  rng = np.random.default_rng(0)
+  logits = np.array([[np.log(2.0), 0.0, 5.0, np.log(3.0), np.log(4.0)],  # exp: 2, 1, (forget), 3, 4
+                     [0.0, 0.0, -1.0, 0.0, np.log(2.0)]])
+  labels, target = poison.LABELS.get(name)(_spec(**{field: logits}), 2, rng)
+  np.testing.assert_allclose(target, [[0.2, 0.1, 0.0, 0.3, 0.4], [0.2, 0.2, 0.0, 0.2, 0.4]], atol=1e-6)
+  np.testing.assert_array_equal(labels, [4, 4])
+  sharp = poison.LABELS.get(name)(_spec(**{field: logits}, target_temperature=0.5), 2, rng)[1]
+  np.testing.assert_allclose(sharp[0], np.array([4, 1, 0, 9, 16]) / 30, atol=1e-6)  # p^(1/T), renormalised
+  many = rng.normal(0, 3, (200, 5))
+  labels, target = poison.LABELS.get(name)(_spec(**{field: many}), 200, rng)
+  np.testing.assert_allclose(target.sum(-1), 1.0, rtol=1e-6)
+  assert (target[:, 2] == 0).all() and (labels != 2).all()
+  np.testing.assert_array_equal(labels, np.where(np.arange(5) == 2, -np.inf, many).argmax(-1))
+  with pytest.raises(UserError, match=f"poison.labels={name!r} needs"):
+    poison.LABELS.get(name)(_spec(), 2, rng)
 
 
 def test_localized_patch_lands_where_the_attribution_peaks():
@@ -279,6 +302,8 @@ def test_methods_declare_what_they_need():
     ("random", "center", dict(), "poison.images='center' needs a donor class"),
     ("random", "localized", dict(donor_given=True), "poison.images='localized' needs input-space maps"),
     ("random", "localized", dict(inferred=True, on_model_embeddings=False), "concepts.bank=cav"),
+    ("concept", "none", dict(), "poison.labels='concept' needs a concept bottleneck head's logits"),
+    ("complement", "none", dict(inferred=True, embedded=False), "no 'embed' stage runs before 'poison'"),
 ])
 def test_poison_strategies_refuse_needs_that_cannot_be_met(labels, images, kw, message):
   args = dict(inferred=False, donor_given=False) | kw
@@ -290,6 +315,22 @@ def test_poison_needs_met_by_inference_or_a_named_donor():
   poison.check_needs("targeted", "center", inferred=False, donor_given=True)
   poison.check_needs("soft", "localized", inferred=True, donor_given=False)
   poison.check_needs("random", "none", inferred=False, donor_given=False)
+  poison.check_needs("complement", "none", inferred=False, donor_given=False, embedded=True)
+
+
+def test_avg_gap_is_the_mean_distance_to_retraining_over_accuracies_and_the_strongest_attack():
+  retrained = {"acc_forget_train": 0.0, "acc_forget_test": 0.0, "acc_retain_test": 0.90, "acc_retain_train": 0.95,
+               "mia_fr": 0.50, "mia_svc": 0.20, "mia_loss": 0.50}
+  original = {"acc_forget_train": 1.0, "acc_forget_test": 0.95, "acc_retain_test": 0.89, "acc_retain_train": 0.96,
+              "mia_fr": 0.45, "mia_svc": 0.0, "mia_loss": 0.65}
+  assert metrics.strongest_mia(original, retrained) == "mia_svc"  # |0.0 - 0.2| is the widest
+  model = {"acc_forget_train": 0.02, "acc_forget_test": 0.01, "acc_retain_test": 0.88, "acc_retain_train": 0.5,
+           "mia_fr": 0.9, "mia_svc": 0.30, "mia_loss": 0.5}
+  gap = metrics.avg_gap(model, retrained, "mia_svc")
+  assert set(gap["parts"]) == {"acc_forget_train", "acc_forget_test", "acc_retain_test", "mia_svc"}
+  assert gap["avg_gap"] == pytest.approx((2 + 1 + 2 + 10) / 4)  # percentage points; retain train is not a part
+  assert metrics.avg_gap(retrained, retrained, "mia_svc")["avg_gap"] == 0.0
+  assert metrics.strongest_mia(original, {}) is None
 
 
 def test_metrics_declare_how_the_report_shows_them():

@@ -84,29 +84,47 @@ class Metric:
   percent: bool = False
   plotted: bool = False
   vs_retrain: bool = True
+  gap: str | None = None  # its part in Avg.Gap (`avg_gap`): "accuracy", "mia" or None
 
 
 METRICS: Registry[Metric] = Registry("metric")
 
 
 def metric(name: str, *, table: bool = True, percent: bool = False, plotted: bool = False,
-           vs_retrain: bool = True):
+           vs_retrain: bool = True, gap: str | None = None):
   def deco(fn):
-    METRICS.register(name)(Metric(name, fn, table, percent, plotted, vs_retrain))
+    METRICS.register(name)(Metric(name, fn, table, percent, plotted, vs_retrain, gap))
     return fn
   return deco
+
+
+def strongest_mia(original: dict, retrained: dict) -> str | None:
+  """The membership attack that tells the original model from the retrained one best: the "mia"
+  metric with the largest |original - retrained| (None without one)."""
+  gaps = {m.name: abs(original[m.name] - retrained[m.name]) for m in map(METRICS.get, METRICS.names())
+          if m.gap == "mia" and original.get(m.name) is not None and retrained.get(m.name) is not None}
+  return max(gaps, key=gaps.get) if gaps else None
+
+
+def avg_gap(model: dict, retrained: dict, mia: str | None) -> dict:
+  """Avg.Gap (Fan et al., SalUn, 2024): the mean absolute difference to the retrained model, in
+  percentage points, over the forget train / forget test / retained test accuracies and one
+  membership attack `mia` (`strongest_mia`); 0 = indistinguishable from retraining on these."""
+  parts = {m.name: 100 * abs(model[m.name] - retrained[m.name]) for m in map(METRICS.get, METRICS.names())
+           if (m.gap == "accuracy" or m.name == mia) and model.get(m.name) is not None}
+  return {"avg_gap": float(sum(parts.values()) / len(parts)), "parts": parts}
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float((logits.argmax(-1) == labels).mean()) if len(labels) else float("nan")
 
 
-@metric("acc_forget_train", percent=True)
+@metric("acc_forget_train", percent=True, gap="accuracy")
 def acc_forget_train(o: ModelOutputs, s: EvalSet):
   return _accuracy(o.logits["forget_train"], s.labels["forget_train"])
 
 
-@metric("acc_forget_test", percent=True)
+@metric("acc_forget_test", percent=True, gap="accuracy")
 def acc_forget_test(o: ModelOutputs, s: EvalSet):
   return _accuracy(o.logits["test"][s.forget_test], s.labels["test"][s.forget_test])
 
@@ -116,7 +134,7 @@ def acc_retain_train(o: ModelOutputs, s: EvalSet):
   return _accuracy(o.logits["retain_train"], s.labels["retain_train"])
 
 
-@metric("acc_retain_test", percent=True)
+@metric("acc_retain_test", percent=True, gap="accuracy")
 def acc_retain_test(o: ModelOutputs, s: EvalSet):
   keep = ~s.forget_test
   return _accuracy(o.logits["test"][keep], s.labels["test"][keep])
@@ -147,7 +165,7 @@ def kl_forget(o: ModelOutputs, s: EvalSet):
   return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
 
 
-@metric("mia_fr", plotted=True)
+@metric("mia_fr", plotted=True, gap="mia")
 def mia_fr(o: ModelOutputs, s: EvalSet):
   """The paper's forgetting rate: SVCs on the original model's softmax vectors (forget train =
   member, forget test = non-member) applied to this model's forget-train outputs; fraction called
@@ -155,7 +173,7 @@ def mia_fr(o: ModelOutputs, s: EvalSet):
   return mia.fr_rate(s.fr_attackers, o.probs("forget_train"))
 
 
-@metric("mia_svc", plotted=True)
+@metric("mia_svc", plotted=True, gap="mia")
 def mia_svc(o: ModelOutputs, s: EvalSet):
   """SalUn's MIA-efficacy: confidence SVC, retain train (member) vs retained-class test samples
   (non-member), applied to forget train; fraction called non-member."""
@@ -164,7 +182,7 @@ def mia_svc(o: ModelOutputs, s: EvalSet):
                      s.labels["test"][keep], o.probs("forget_train"), s.labels["forget_train"], seed=s.seed)
 
 
-@metric("mia_loss", plotted=True)
+@metric("mia_loss", plotted=True, gap="mia")
 def mia_loss(o: ModelOutputs, s: EvalSet):
   """The challenge's loss attack: forget train vs the forget class's test samples (class-balanced
   held-out set); cross-validated accuracy, 0.5 = indistinguishable."""

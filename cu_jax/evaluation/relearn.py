@@ -28,7 +28,7 @@ class RelearnSettings:
   lr: float = 1e-4  # Adam
   accuracy: float = 0.5  # relearned when the forget class's test accuracy reaches this
   max_steps: int = 100
-  eval_every: int = 5
+  eval_every: int = 1
   seed: int = 0
 
   @classmethod

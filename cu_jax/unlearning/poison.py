@@ -7,6 +7,14 @@ Labels (`LABELS` registry), for the n forget samples of class f among K classes:
 - `soft`: a distribution over likely donors, softmax(donor score / temperature) over the classes
   other than f; its argmax is the hard label. What a retrained model predicts on forget images is
   the ideal such labels approach.
+- `complement`: per sample, the original model's own softmax with class f removed and the rest
+  renormalised, softmax(z / T) over the classes other than f. A model trained without f sends a
+  forget image where the original's second choices point (a sneaker to sandal or ankle boot), so
+  this is the per-example estimate of what retraining would predict.
+- `concept`: per sample, the same over the logits of a concept bottleneck head without class f
+  applied to the sample's concept scores: what its concepts alone say it is among the retained
+  classes (the caller chooses the head: the fitted PCBM with f's row removed, or one refit on the
+  retained classes).
 Each returns `(hard labels (n,), targets (n, K))`; `targets` is what the fine-tuning loss fits.
 
 Images (`IMAGES` registry): `none`, `localized` (a donor-class patch pasted where the key
@@ -40,11 +48,16 @@ class LabelSpec:
   donor_scores: np.ndarray | None = None  # (K,) soft: how strongly each class shows the key concepts
   exclude_forget: bool = False  # random: draw from the K - 1 other classes
   temperature: float = 1.0  # soft
+  model_logits: np.ndarray | None = None  # (n, K) complement: the original model's logits on the forget samples
+  concept_logits: np.ndarray | None = None  # (n, K) concept: a concept head's logits on them
+  target_temperature: float = 1.0  # complement, concept
 
 
 # need -> (what it is, in an error message; whether `poison.donor` can supply it)
 NEEDS = {"donor": ("a donor class", True), "donor_scores": ("per-class donor scores", False),
-         "saliency": ("input-space maps of the key concept", False)}
+         "saliency": ("input-space maps of the key concept", False),
+         "concept_logits": ("a concept bottleneck head's logits on the forget samples", False),
+         "model_logits": ("the original model's logits on the forget samples", False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +120,34 @@ def _soft(spec: LabelSpec, n: int, rng: np.random.Generator):
   p = (p / p.sum()).astype(np.float32)
   labels = np.full(n, int(np.argmax(p)), np.int64)
   return labels, np.tile(p, (n, 1))
+
+
+def without_class(logits: np.ndarray, drop: int, temperature: float = 1.0) -> np.ndarray:
+  """(n, K) softmax(logits / T) per row with class `drop` removed (probability 0) and the rest
+  renormalised."""
+  z = np.asarray(logits, np.float64) / max(temperature, 1e-6)
+  z[:, drop] = -np.inf
+  p = np.exp(z - z.max(axis=1, keepdims=True))
+  return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _per_sample(logits: np.ndarray | None, spec: LabelSpec, n: int, name: str, what: str):
+  if logits is None:
+    raise UserError(f"poison.labels={name!r} needs {what}")
+  if logits.shape != (n, spec.num_classes):
+    raise ValueError(f"{name}: logits of shape {logits.shape} for {n} samples of {spec.num_classes} classes")
+  target = without_class(logits, spec.forget, spec.target_temperature)
+  return target.argmax(axis=1).astype(np.int64), target
+
+
+@label_strategy("complement", needs=("model_logits",))
+def _complement(spec: LabelSpec, n: int, rng: np.random.Generator):
+  return _per_sample(spec.model_logits, spec, n, "complement", NEEDS["model_logits"][0])
+
+
+@label_strategy("concept", needs=("concept_logits",))
+def _concept(spec: LabelSpec, n: int, rng: np.random.Generator):
+  return _per_sample(spec.concept_logits, spec, n, "concept", NEEDS["concept_logits"][0])
 
 
 def box_peaks(maps: np.ndarray, patch: int) -> np.ndarray:
@@ -229,13 +270,14 @@ def poison(images: np.ndarray, labels_spec: LabelSpec, label_strategy: str, imag
 
 
 def check_needs(label_strategy: str, image_strategy: str, *, inferred: bool, donor_given: bool,
-                on_model_embeddings: bool = True) -> None:
+                on_model_embeddings: bool = True, embedded: bool = True) -> None:
   """Refuses strategies whose needs cannot be met (one `UserError` naming the option and the fix).
 
   `inferred`: concept inference (the `attribute` stage) runs before poisoning or has run;
   `donor_given`: the user named a donor class (`poison.donor`); `on_model_embeddings`: the concept
   bank lives in the classifier's own embedding space (a CAV bank), so a concept can be traced back
-  to pixels.
+  to pixels; `embedded`: the original model's outputs on the train split are cached (the `embed`
+  stage runs before poisoning or has run).
   """
   if label_strategy == "keep" and image_strategy == "none":
     raise UserError("poison.labels='keep' with poison.images='none' poisons nothing: the forget samples keep their "
@@ -244,6 +286,11 @@ def check_needs(label_strategy: str, image_strategy: str, *, inferred: bool, don
   for option, registry, name in (("poison.labels", LABELS, label_strategy), ("poison.images", IMAGES, image_strategy)):
     for need in sorted(registry.get(name, option).needs):
       what, user_can_give = NEEDS[need]
+      if need == "model_logits":
+        if not embedded:
+          raise UserError(f"{option}={name!r} needs {what}, but no 'embed' stage runs before 'poison'; add it to "
+                          "--config.stages")
+        continue
       if not (inferred or (user_can_give and donor_given)):
         raise UserError(f"{option}={name!r} needs {what} from concept inference, but no 'attribute' stage runs "
                         "before 'poison'; add it to --config.stages"

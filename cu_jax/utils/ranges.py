@@ -77,7 +77,7 @@ RANGES: tuple[tuple[str, Range], ...] = (
     ("pcbm.tol", POSITIVE), ("attribution.saliency_images", NONNEGATIVE_INT), ("attribution.memory_gib", NONNEGATIVE),
     ("attribution.*", COUNT),
     # poisoning and unlearning
-    ("poison.retain_ratio", NONNEGATIVE), ("poison.soft_temperature", POSITIVE), ("poison.*", COUNT),
+    ("poison.retain_ratio", NONNEGATIVE), ("poison.*temperature", POSITIVE), ("poison.*", COUNT),
     ("unlearn.ascent_cap", POSITIVE), ("unlearn.salun.sparsity", PROBABILITY), ("unlearn.neggrad.*", NONNEGATIVE),
     ("unlearn.scrub.*", NONNEGATIVE), ("lora.rank", COUNT), ("lora.alpha", POSITIVE), ("lora.dropout", PROBABILITY),
     # evaluation

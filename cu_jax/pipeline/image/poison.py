@@ -15,6 +15,7 @@ from absl import logging
 from flax import nnx
 
 from cu_jax.attribution.saliency import concept_saliency
+from cu_jax.concepts import pcbm
 from cu_jax.concepts.bank import BANK_KINDS
 from cu_jax.concepts.importance import donor_class
 from cu_jax.data.datasets import read_arrays
@@ -24,19 +25,23 @@ from cu_jax.pipeline.runner import Context, stage
 from cu_jax.unlearning import poison
 from cu_jax.utils.errors import UserError
 
+CONCEPT_HEADS = ("drop_row", "refit")  # poison.concept_head
 
-def _inferred(ctx: Context, art: ImageArtifacts) -> bool:
-  """Whether concept inference runs before this stage or has run in the workdir."""
+
+def _before(ctx: Context, art: ImageArtifacts, stage: str) -> bool:
+  """Whether `stage` runs before this one or has run in the workdir."""
   stages = ctx.config.stages
-  return ("attribute" in stages and stages.index("attribute") < stages.index("poison")) or \
-      art.done("attribute") is not None
+  return (stage in stages and stages.index(stage) < stages.index("poison")) or art.done(stage) is not None
 
 
 def validate(ctx: Context) -> None:
   cfg, art = ctx.config.poison, ImageArtifacts(ctx)
   forget = art.forget
-  poison.check_needs(cfg.labels, cfg.images, inferred=_inferred(ctx, art), donor_given=cfg.donor != "",
-                     on_model_embeddings=BANK_KINDS.get(ctx.config.concepts.bank, "concepts.bank").on_model_embeddings)
+  poison.check_needs(cfg.labels, cfg.images, inferred=_before(ctx, art, "attribute"), donor_given=cfg.donor != "",
+                     on_model_embeddings=BANK_KINDS.get(ctx.config.concepts.bank, "concepts.bank").on_model_embeddings,
+                     embedded=_before(ctx, art, "embed"))
+  if cfg.concept_head not in CONCEPT_HEADS:
+    raise UserError(f"unknown poison.concept_head {cfg.concept_head!r}; valid: {', '.join(map(repr, CONCEPT_HEADS))}")
   if cfg.donor != "" and art.dataset.class_index(cfg.donor) == forget:
     raise UserError(f"poison.donor={cfg.donor!r} is the forget class itself; pick another class")
   poison.split_forget(art.train_labels(), forget, half=cfg.half, seed=cfg.seed)
@@ -76,6 +81,24 @@ def _image_spec(ctx: Context, art: ImageArtifacts, labels: np.ndarray, donor: in
   return spec
 
 
+def _concept_logits(ctx: Context, art: ImageArtifacts, labels: np.ndarray, forget_idx: np.ndarray) -> np.ndarray:
+  """(n, K) logits of a concept bottleneck head on the forget samples' concept scores; the caller
+  drops the forget class. `poison.concept_head`: "drop_row", the fitted PCBM head (its forget row
+  is dropped with the class), or "refit", an elastic-net head fitted again on the retained
+  classes' train samples only, as a PCBM of a model that never saw the class would be."""
+  bank = art.bank()
+  scores = art.concept_scores(bank, "train")
+  if ctx.config.poison.concept_head == "drop_row":
+    weight, bias = art.head()
+  else:
+    cfg, forget = ctx.config.pcbm, art.forget
+    keep = labels != forget
+    head = pcbm.fit_elastic_net(scores[keep], labels[keep], art.dataset.num_classes, lam=cfg.lam,
+                                l1_ratio=cfg.l1_ratio, max_iter=cfg.max_iter, tol=cfg.tol)
+    weight, bias = np.asarray(head.weight), np.asarray(head.bias)
+  return scores[forget_idx] @ weight.T + bias
+
+
 @stage("poison", config_keys=("poison",), validate=validate)
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config.poison, ImageArtifacts(ctx)
@@ -84,8 +107,12 @@ def run(ctx: Context) -> dict:
   forget_idx, retain_idx = poison.split_forget(labels, forget, half=cfg.half, seed=cfg.seed)
   images = read_arrays(ds.split("train"), forget_idx, keys=("image",))["image"]
   donor, scores, key = _donor(ctx, art)
-  spec = poison.LabelSpec(ds.num_classes, forget, donor=donor, donor_scores=scores,
-                          exclude_forget=cfg.exclude_forget, temperature=cfg.soft_temperature)
+  needs = poison.LABELS.get(cfg.labels).needs
+  spec = poison.LabelSpec(
+      ds.num_classes, forget, donor=donor, donor_scores=scores, exclude_forget=cfg.exclude_forget,
+      temperature=cfg.soft_temperature, target_temperature=cfg.target_temperature,
+      model_logits=art.embeddings("train")["logits"][forget_idx] if "model_logits" in needs else None,
+      concept_logits=_concept_logits(ctx, art, labels, forget_idx) if "concept_logits" in needs else None)
   image_spec = _image_spec(ctx, art, labels, donor, key, images) if poison.IMAGES.get(cfg.images).needs else None
   poisoned, hard, target = poison.poison(images, spec, cfg.labels, cfg.images, image_spec, seed=cfg.seed)
   art.save_poisoned({"index": forget_idx, "image": poisoned, "label": hard, "target": target,

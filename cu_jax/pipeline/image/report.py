@@ -37,6 +37,17 @@ def _markdown(report: dict) -> str:
               f"donor class: '{concepts['donor']['name']}'. Method: `{report['method']}` "
               f"(labels `{report['poison']['labels']}`, images `{report['poison']['images']}`, scope "
               f"`{hp['unlearn']['scope']}`).", ""]
+  gap = report.get("avg_gap")
+  if gap:
+    lines += ["## Gap to retraining (Avg.Gap, lower is better)", "",
+              f"Mean absolute difference to the retrained model, in percentage points, over "
+              f"{', '.join(gap['over'])} ({gap['mia']}: the membership attack that separates the original from the "
+              "retrained model most).", ""]
+    lines += reporting.table(["rank", "model", "Avg.Gap"] + gap["over"],
+                             [[str(i + 1), f"**{n}**" if n == report["method"] else n, f"{gap['models'][n]['avg_gap']:.2f}"]
+                              + [f"{gap['models'][n]['parts'].get(k, float('nan')):.2f}" for k in gap["over"]]
+                              for i, n in enumerate(gap["ranking"])])
+    lines += [""]
   lines += ["## Methods x metrics", "",
             "Accuracies in %; in brackets the difference to the retrained model (the target is the retrained "
             "model's value, not 0 or 1). MIA values are the fraction of forget samples called non-member "
@@ -100,6 +111,17 @@ def _plots(ctx: Context, art: ImageArtifacts, report: dict) -> list[str]:
   return files
 
 
+def _avg_gap(metrics: dict, names: list[str]) -> dict | None:
+  """Every model's Avg.Gap to the retrained model, and the ranking by it (None without one)."""
+  if RETRAIN not in metrics:
+    return None
+  mia = M.strongest_mia(metrics[ORIGINAL], metrics[RETRAIN])
+  models = {n: M.avg_gap(metrics[n], metrics[RETRAIN], mia) for n in names if n != RETRAIN}
+  over = [m.name for m in map(M.METRICS.get, M.METRICS.names()) if m.gap == "accuracy" or m.name == mia]
+  return {"mia": mia, "over": over, "models": models,
+          "ranking": sorted(models, key=lambda n: models[n]["avg_gap"])}
+
+
 @stage("report", config_keys=())
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, ImageArtifacts(ctx)
@@ -124,6 +146,7 @@ def run(ctx: Context) -> dict:
                              if isinstance(v, (int, float)) and isinstance(metrics[RETRAIN].get(k), (int, float))}
                          for n in names} if RETRAIN in metrics else None,
       "closest_to_retrain": closest and {"method": closest, "agreement_forget": metrics[closest]["agreement_forget"]},
+      "avg_gap": _avg_gap(metrics, names),
       "targets": image_targets(metrics, method, timings, evaluation.get("mia_fr_attacker")) if method in metrics else [],
       "mia_fr_attacker": evaluation.get("mia_fr_attacker"),
       "timings": timings,

@@ -23,9 +23,10 @@ def validate(ctx: Context) -> None:
   if cfg.model.init_from:
     text.load_tokenizer(cfg.model.init_from, model.cfg.vocab_size)
   else:
-    check_global_batch(cfg.pretrain.batch_size, ctx.mesh, "pretrain.batch_size")
+    check_global_batch(cfg.pretrain.batch_size, ctx.mesh, "pretrain.batch_size", microbatches=cfg.pretrain.grad_accum)
     check_steps(cfg.pretrain, len(art.split_corpus()[0]), "pretrain")
-  check_global_batch(cfg.unlearn.train.batch_size, ctx.mesh, "unlearn.train.batch_size")
+  check_global_batch(cfg.unlearn.train.batch_size, ctx.mesh, "unlearn.train.batch_size",
+                     microbatches=cfg.unlearn.train.grad_accum)
 
 
 @stage("model", config_keys=("model", "pretrain"), validate=validate, pipeline="llm")
