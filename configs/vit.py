@@ -157,6 +157,10 @@ def base() -> mlc.ConfigDict:
   # Each method's own section (the `section` it is registered with in cu_jax.unlearning.methods).
   c.unlearn.neggrad = mlc.ConfigDict({"weight": 0.1})  # weight of the ascent term on forget samples
   c.unlearn.salun = mlc.ConfigDict({"sparsity": 0.5})  # fraction of parameters frozen (smallest forget gradients)
+  # ssd: dampen theta by min(lam * I_D / I_f, 1) where the forget samples' Fisher importance I_f
+  # exceeds alpha times the data's I_D, estimated on `examples` train samples (no training)
+  c.unlearn.ssd = mlc.ConfigDict({"alpha": 10.0, "lam": 1.0, "examples": 5000})
+  c.unlearn.l1_sparse = mlc.ConfigDict({"weight": 5e-4})  # times sum |theta|, added to the fine-tuning loss
   c.unlearn.scrub = mlc.ConfigDict({
       "kl_weight": 1.0,  # KL to the original model on retained samples
       "forget_weight": 1.0})  # KL away from the original model on forget samples

@@ -95,6 +95,29 @@ def test_baselines_lower_forget_accuracy(base, tmp_path, name):
   assert forget_after < forget_before - 0.3 and retain_after > 0.8
 
 
+@pytest.mark.parametrize("name", ["ssd", "l1_sparse"])
+def test_ssd_and_l1_sparse_lower_forget_accuracy_and_keep_the_rest(base, tmp_path, name):
+  """Through the one run function every caller uses (`ssd` edits the parameters, no training)."""
+  from cu_jax.unlearning.run import unlearn
+  cfg = mlc.ConfigDict(dict(
+      scope="full", augment=False, ascent_cap=5.0, optim=ADAM, ssd=dict(alpha=10.0, lam=1.0, examples=256),
+      l1_sparse=dict(weight=5e-4), train=dict(batch_size=64, num_steps=30, log_every_steps=1000,
+                                               checkpoint_every_steps=1000, keep_checkpoints=1)))
+  forget_before, retain_before = _split_accuracy(base["graphdef"], base["params"], base["test"])
+  params, summary = unlearn(base["graphdef"], base["params"], name, base["data"], cfg, PLAIN, make_mesh(8),
+                            checkpoint_dir=tmp_path / name, seed=0)
+  forget_after, retain_after = _split_accuracy(base["graphdef"], params, base["test"])
+  assert forget_after < forget_before - 0.3, (forget_after, retain_after)
+  if name == "ssd":
+    # At the paper's alpha and lambda, with the forget class a quarter of the data (4 classes),
+    # SSD dampens ~20 % of the weights and costs about a third of the retained accuracy (0.99 ->
+    # ~0.66); the retained classes stay far above chance (0.25).
+    assert summary["steps"] == 0 and 0 < summary["dampened_fraction"] < 0.5
+    assert retain_after > 0.5, retain_after
+  else:
+    assert retain_after >= retain_before - 0.1, retain_after
+
+
 def test_retrain_never_sees_a_forget_sample(base):
   d = base["data"]
   marked = methods.UnlearnData(**{**d.__dict__, "forget_image": np.full_like(d.forget_image, 255),
@@ -294,6 +317,11 @@ def test_methods_declare_what_they_need():
   np.testing.assert_array_equal(columns["ce_weight"], np.float32([1, 1, 1, 1, -0.1, -0.1]))
   salun_method = methods.METHODS.get("salun")
   assert salun_method.section == "salun" and salun_method.param_mask is salun.salun_mask
+  ssd_method = methods.METHODS.get("ssd")  # edits the parameters instead of fine-tuning
+  assert ssd_method.build is None and ssd_method.edit is not None and ssd_method.section == "ssd"
+  with pytest.raises(ValueError, match="'ssd' does not fine-tune"):
+    methods.fine_tuning_set("ssd", d, UNLEARN)
+  assert methods.METHODS.get("l1_sparse").penalty is not None
 
 
 @pytest.mark.parametrize("labels, images, kw, message", [

@@ -15,7 +15,12 @@ with `unlearning_loss`:
 - `salun`: `random_label` updating only the parameters with the largest forget-loss gradients
   (`cu_jax.unlearning.salun`);
 - `scrub`: stay close to the original model (KL) on retained samples and move away from it on
-  forget samples (negative KL weight), plus cross-entropy on retained samples.
+  forget samples (negative KL weight), plus cross-entropy on retained samples;
+- `l1_sparse` (Jia et al., NeurIPS 2023): `finetune` with an L1 penalty on the weights
+  (`unlearn.l1_sparse.weight` times the sum of |theta| over the parameters that train), which
+  sparsifies the model towards the retained classes;
+- `ssd` (Foster et al., AAAI 2024): no training; the parameters that matter far more to the forget
+  samples than to the data are dampened (`cu_jax.unlearning.ssd`).
 A negative weight makes the term unbounded; each such term is capped at `ascent_cap` nats (no
 gradient beyond it), so ascent stops pushing a sample once it is forgotten.
 
@@ -25,8 +30,9 @@ on `retrain_set` from scratch by the same loop; it is not a method (it never see
 Each method is registered with what it needs, so a caller (the CLI pipeline, a notebook) asks the
 registry instead of knowing methods by name: the pieces of `UnlearnData` beyond the samples
 (`needs`: "poison", "teacher"), its own config section under `unlearn` (`section`, e.g.
-`unlearn.salun.sparsity`), and a parameter mask computed before training
-(`param_mask`). Adding a method is one registration.
+`unlearn.salun.sparsity`), a parameter mask computed before training (`param_mask`), a penalty
+on the trained parameters added to the loss (`penalty`), or, for a method that does not train, the
+edit of the parameters that replaces training (`edit`). Adding a method is one registration.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from cu_jax.unlearning import poison
 from cu_jax.unlearning.salun import salun_mask
+from cu_jax.unlearning.ssd import ssd_edit
 from cu_jax.utils.registry import Registry
 
 
@@ -68,12 +76,18 @@ NEEDS = {
 class Method:
   """A registered unlearning method: how it builds its fine-tuning set, and what it needs."""
   name: str
-  build: Callable[[UnlearnData, Any], dict[str, np.ndarray]]  # (data, its config section or None) -> columns
+  # (data, its config section or None) -> columns; None for a method that edits instead of training
+  build: Callable[[UnlearnData, Any], dict[str, np.ndarray]] | None
   needs: frozenset[str] = frozenset()  # keys of NEEDS
   section: str | None = None  # its own config section under `unlearn` (value ranges: cu_jax.utils.ranges)
   # (graphdef, params, data, section, *, data_cfg, mesh, batch_size, base_mask) -> 0/1 mask of the
   # parameters it may update, computed at the original model
   param_mask: Callable[..., Any] | None = None
+  # (params, section) -> a scalar added to the loss (e.g. an L1 penalty)
+  penalty: Callable[[Any, Any], jax.Array] | None = None
+  # (graphdef, params, data, section, *, data_cfg, mesh, batch_size, base_mask) -> (params, summary):
+  # the unlearned parameters without training
+  edit: Callable[..., Any] | None = None
 
   def config(self, unlearn_cfg) -> Any:
     """This method's section of the `unlearn` config (None if it has none)."""
@@ -84,13 +98,14 @@ METHODS: Registry[Method] = Registry("unlearning method")
 
 
 def register(name: str, *, needs: tuple[str, ...] = (), section: str | None = None,
-             param_mask: Callable[..., Any] | None = None):
+             param_mask: Callable[..., Any] | None = None, penalty: Callable[[Any, Any], jax.Array] | None = None,
+             edit: Callable[..., Any] | None = None):
   unknown = set(needs) - set(NEEDS)
   if unknown:
     raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
 
   def deco(build):
-    METHODS.register(name)(Method(name, build, frozenset(needs), section, param_mask))
+    METHODS.register(name)(Method(name, build, frozenset(needs), section, param_mask, penalty, edit))
     return build
   return deco
 
@@ -102,6 +117,8 @@ def fine_tuning_set(name: str, data: UnlearnData, unlearn_cfg) -> dict[str, np.n
     fields, what = NEEDS[need]
     if any(getattr(data, f) is None for f in fields):
       raise ValueError(f"unlearning method {name!r} needs {what} ({', '.join(fields)} of UnlearnData)")
+  if method.build is None:
+    raise ValueError(f"unlearning method {name!r} does not fine-tune (it edits the parameters)")
   return method.build(data, method.config(unlearn_cfg))
 
 
@@ -169,8 +186,21 @@ def _scrub(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
   return _concat(retain, forget)
 
 
-def unlearning_loss(ascent_cap: float):
-  """The `LossFn` of every method (module docstring); reads the plan's columns from the batch."""
+def _l1(params, cfg) -> jax.Array:
+  return cfg.weight * sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))
+
+
+@register("l1_sparse", section="l1_sparse", penalty=_l1)
+def _l1_sparse(d: UnlearnData, cfg) -> dict[str, np.ndarray]:
+  return _retain(d)
+
+
+register("ssd", section="ssd", edit=ssd_edit)(None)
+
+
+def unlearning_loss(ascent_cap: float, penalty: Callable[[Any], jax.Array] | None = None):
+  """The `LossFn` of every method (module docstring); reads the plan's columns from the batch.
+  `penalty(params)`: a method's term on the model's parameters, added once per batch."""
   def loss_fn(model, images, batch, key):
     logits = model(images, train=True, key=key)
     log_p = jax.nn.log_softmax(logits)
@@ -187,7 +217,10 @@ def unlearning_loss(ascent_cap: float):
     hits = jnp.argmax(logits, -1) == jnp.argmax(batch["target"], -1)
     counted = batch["ce_weight"] > 0
     accuracy = (hits * counted).sum() / jnp.maximum(counted.sum(), 1)
-    return per_example.mean(), {"accuracy": accuracy}
+    loss = per_example.mean()
+    if penalty is not None:
+      loss = loss + penalty(nnx.state(model, nnx.Param))
+    return loss, {"accuracy": accuracy}
   return loss_fn
 
 

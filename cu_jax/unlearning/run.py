@@ -38,17 +38,26 @@ def unlearn(graphdef: nnx.GraphDef, params: Any, name: str, data: methods.Unlear
   t0 = time.perf_counter()
   data_cfg = fine_tuning_data_config(data_cfg, unlearn_cfg)
   method = methods.METHODS.get(name, "unlearn.method")
+  section = method.config(unlearn_cfg)
+  mask = methods.SCOPES[unlearn_cfg.scope](params)
+  if method.edit is not None:  # no training: the method edits the parameters
+    edited, info = method.edit(graphdef, params, data, section, data_cfg=data_cfg, mesh=mesh,
+                               batch_size=unlearn_cfg.train.batch_size, base_mask=mask)
+    wall = time.perf_counter() - t0
+    return edited, {"method": name, "steps": 0, "num_examples": len(data.forget_image), "scope": unlearn_cfg.scope,
+                    "wall_s": wall, "train_wall_s": wall, "train_examples_per_s": None, "resumed_from_step": None,
+                    **info}
   columns = methods.fine_tuning_set(name, data, unlearn_cfg)
   model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))  # the train step donates its state
-  mask = methods.SCOPES[unlearn_cfg.scope](params)
   if method.param_mask is not None:
-    mask = method.param_mask(graphdef, params, data, method.config(unlearn_cfg), data_cfg=data_cfg, mesh=mesh,
+    mask = method.param_mask(graphdef, params, data, section, data_cfg=data_cfg, mesh=mesh,
                              batch_size=unlearn_cfg.train.batch_size, base_mask=mask)
   # (before training: the train step donates its state, and the mask lives in it)
   fraction = None if mask is None else sum(float(m.sum()) for m in jax.tree.leaves(mask)) / trainer.param_count(params)
+  penalty = None if method.penalty is None else (lambda p: method.penalty(p, section))
   result = trainer.train(model, ArraySource(**columns), train_cfg=unlearn_cfg.train, optim_cfg=unlearn_cfg.optim,
                          data_cfg=data_cfg, mesh=mesh, checkpoint_dir=checkpoint_dir, seed=seed,
-                         loss_fn=methods.unlearning_loss(unlearn_cfg.ascent_cap), metrics_path=metrics_path,
+                         loss_fn=methods.unlearning_loss(unlearn_cfg.ascent_cap, penalty), metrics_path=metrics_path,
                          name=f"unlearn {name}", keys=tuple(columns), update_mask=mask)
   summary = {"method": name, "steps": result.total_steps, "num_examples": len(columns["image"]),
              "scope": unlearn_cfg.scope, "wall_s": time.perf_counter() - t0, "train_wall_s": result.wall_s,

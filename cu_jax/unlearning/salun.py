@@ -13,28 +13,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from cu_jax.data.datasets import ArraySource
-from cu_jax.data.loader import eval_batches
-from cu_jax.data.preprocess import preprocess
-from cu_jax.parallel.mesh import data_sharded, replicated
+from cu_jax.unlearning.gradients import batch_gradients
 
 
 def forget_gradient(graphdef, params, images: np.ndarray, labels: np.ndarray, data_cfg, mesh, batch_size: int):
   """|gradient| of the summed cross-entropy of (images, labels) w.r.t. the parameters, over the mesh."""
-  def grad_fn(params, batch):
-    def loss(p):
-      logits = nnx.merge(graphdef, p)(preprocess(batch["image"], data_cfg))
-      ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], -1)[:, 0]
-      return (ce * batch["mask"]).sum()
-    return jax.grad(loss)(params)
-
-  step = jax.jit(grad_fn, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=replicated(mesh))
   total = jax.tree.map(jnp.zeros_like, params)
-  source = ArraySource(image=images, label=labels.astype(np.int32))
-  for batch in eval_batches(source, global_batch=batch_size, mesh=mesh, keys=("image", "label")):
-    total = jax.tree.map(jnp.add, total, step(params, batch))
+  for grad, _ in batch_gradients(graphdef, params, images, labels, data_cfg, mesh, batch_size):
+    total = jax.tree.map(jnp.add, total, grad)
   return jax.tree.map(jnp.abs, total)
 
 

@@ -79,7 +79,8 @@ RANGES: tuple[tuple[str, Range], ...] = (
     # poisoning and unlearning
     ("poison.retain_ratio", NONNEGATIVE), ("poison.*temperature", POSITIVE), ("poison.*", COUNT),
     ("unlearn.ascent_cap", POSITIVE), ("unlearn.salun.sparsity", PROBABILITY), ("unlearn.neggrad.*", NONNEGATIVE),
-    ("unlearn.scrub.*", NONNEGATIVE), ("lora.rank", COUNT), ("lora.alpha", POSITIVE), ("lora.dropout", PROBABILITY),
+    ("unlearn.scrub.*", NONNEGATIVE), ("unlearn.ssd.examples", COUNT), ("unlearn.ssd.*", POSITIVE),
+    ("unlearn.l1_sparse.weight", NONNEGATIVE), ("lora.rank", COUNT), ("lora.alpha", POSITIVE), ("lora.dropout", PROBABILITY),
     # evaluation
     ("evaluate.relearn_accuracy", Range(0, 1, low_open=True)), ("evaluate.retain_train_examples", Range(2, integer=True)),
     ("evaluate.max_examples", NONNEGATIVE_INT), ("evaluate.*", COUNT),
