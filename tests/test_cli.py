@@ -125,7 +125,8 @@ def test_cli_unlearning_stages_write_the_report(finished_run):
   assert poisoned["label_counts"] == {concepts["donor"]["name"]: poisoned["num_forget"]}  # targeted
   report = json.loads((workdir / "report" / "report.json").read_text())
   assert report["models"] == ["original", "concept_poison", "finetune", "neggrad", "random_label", "salun",
-                              "scrub", "retrain"]
+                              "scrub", "ssd", "l1_sparse", "retrain"]
+  assert report["unlearn"]["methods"]["ssd"]["steps"] == 0  # training-free
   retrain = report["metrics"]["retrain"]
   assert retrain["agreement_forget"] == 1.0 and retrain["kl_forget"] == pytest.approx(0.0, abs=1e-6)
   assert retrain["acc_forget_test"] == 0.0 and retrain["acc_forget_train"] == 0.0  # never saw the class

@@ -150,3 +150,16 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(to
       assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
   finally:
     ckpt.close()
+
+
+def test_a_failed_checkpoint_read_leaves_out_only_the_closed_loop_tracebacks():
+  """What tensorstore's reader threads print, interleaved, after a failed restore closed orbax's
+  event loop is dropped; every other line (logs, warnings) is kept in order."""
+  from cu_jax.parallel.checkpoint import _drop_closed_loop_tracebacks
+  noise = ("    Traceback (most recent call last):\n"
+           '  File "/usr/lib/python3.11/asyncio/base_events.py", line 806, in call_soon_threadsafe\n'
+           "Traceback (most recent call last):\n    self._check_closed()\n"
+           '  File "/usr/lib/python3.11/asyncio/base_events.py", line 519, in _check_closed\n'
+           "RuntimeError: Event loop is closed\n")
+  text = "I1202 stage train: resuming\n" + noise + "W1202 a warning\n" + noise
+  assert _drop_closed_loop_tracebacks(text) == "I1202 stage train: resuming\nW1202 a warning\n"

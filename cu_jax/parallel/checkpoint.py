@@ -8,7 +8,11 @@ renamed when complete), so a run killed mid-save resumes from the last complete 
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
+import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
@@ -41,6 +45,44 @@ def _shape_mismatches(saved: Any, target: Any) -> list[str]:
   return problems
 
 
+_CLOSED_LOOP_NOISE = ("Traceback (most recent call last)", "asyncio/base_events.py", "self._check_closed()",
+                      "Event loop is closed", "call_soon_threadsafe")
+
+
+def _drop_closed_loop_tracebacks(text: str) -> str:
+  """`text` without the tracebacks tensorstore's reader threads print, interleaved, when a failed
+  restore has closed orbax's event loop under reads still in flight (`call_soon_threadsafe` ->
+  `_check_closed` -> "RuntimeError: Event loop is closed")."""
+  return "".join(line for line in text.splitlines(keepends=True)
+                 if not any(noise in line for noise in _CLOSED_LOOP_NOISE))
+
+
+@contextlib.contextmanager
+def _without_closed_loop_noise(settle_s: float = 0.5):
+  """Runs a checkpoint read with the process's stderr (fd 2, where native threads write) captured,
+  then writes back what was captured. When the read fails, the reader threads of the failed restore
+  may still report into orbax's closed event loop: the block waits `settle_s` for them and leaves
+  their tracebacks out, so a damaged checkpoint ends in cu_jax's one error line, not in noise."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    failed = False
+    try:
+      yield
+    except BaseException:
+      failed = True
+      time.sleep(settle_s)
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text = captured.read().decode(errors="replace")
+      os.write(2, (_drop_closed_loop_tracebacks(text) if failed else text).encode())
+
+
 class Checkpointer:
   """A thin, opinionated wrapper over `ocp.CheckpointManager` for one pytree of arrays."""
 
@@ -71,7 +113,8 @@ class Checkpointer:
     """Any failure to read a checkpoint (orbax, tensorstore and JSON raise many kinds) becomes one
     `DamagedFile` naming it; cu_jax's own `UserError`s pass through."""
     try:
-      yield
+      with _without_closed_loop_noise():
+        yield
     except UserError:
       raise
     except Exception as e:  # noqa: BLE001 (see the docstring)

@@ -219,6 +219,7 @@ class ImageArtifacts(Workdir):
 
   def save_model(self, params, name: str) -> None:
     if self.ctx.primary:
+      self.model_file(name).parent.mkdir(parents=True, exist_ok=True)  # (a method that does not train made none)
       save_params(params, self.model_file(name))
 
   def load_model(self, name: str):
