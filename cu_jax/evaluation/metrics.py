@@ -106,12 +106,16 @@ def strongest_mia(original: dict, retrained: dict) -> str | None:
   return max(gaps, key=gaps.get) if gaps else None
 
 
+def gap_metrics(mia: str | None) -> list[str]:
+  """The metrics Avg.Gap averages over: the "accuracy" ones and the membership attack `mia`."""
+  return [m.name for m in map(METRICS.get, METRICS.names()) if m.gap == "accuracy" or m.name == mia]
+
+
 def avg_gap(model: dict, retrained: dict, mia: str | None) -> dict:
   """Avg.Gap (Fan et al., SalUn, 2024): the mean absolute difference to the retrained model, in
   percentage points, over the forget train / forget test / retained test accuracies and one
   membership attack `mia` (`strongest_mia`); 0 = indistinguishable from retraining on these."""
-  parts = {m.name: 100 * abs(model[m.name] - retrained[m.name]) for m in map(METRICS.get, METRICS.names())
-           if (m.gap == "accuracy" or m.name == mia) and model.get(m.name) is not None}
+  parts = {k: 100 * abs(model[k] - retrained[k]) for k in gap_metrics(mia) if model.get(k) is not None}
   return {"avg_gap": float(sum(parts.values()) / len(parts)), "parts": parts}
 
 

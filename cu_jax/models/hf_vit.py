@@ -10,7 +10,6 @@ with the bicubic kernel torch uses (a = -0.75, half-pixel centres), so results a
 from __future__ import annotations
 
 import dataclasses
-
 import pathlib
 
 import numpy as np

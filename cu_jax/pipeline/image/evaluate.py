@@ -44,12 +44,12 @@ def validate(ctx: Context) -> None:
                     f"evaluate.relearn_examples={cfg.relearn_examples} (the forget samples the relearn test "
                     "fine-tunes on); lower the batch or raise the examples")
   test_labels = read_arrays(art.dataset.split("test"), keys=("label",))["label"]
-  name = art.dataset.class_names[forget]
-  for split, labels in (("train", art.train_labels()), ("test", test_labels)):
+  name, train_labels = art.dataset.class_names[forget], art.train_labels()
+  for split, labels in (("train", train_labels), ("test", test_labels)):
     if int((labels == forget).sum()) < 2:
       raise UserError(f"the forget class {name!r} has {int((labels == forget).sum())} {split} images; the audit "
                       "(membership inference, relearn test) needs at least 2 in each split")
-  n_train = int((art.train_labels() == forget).sum())
+  n_train = int((train_labels == forget).sum())
   if cfg.relearn_batch_size > n_train:
     raise UserError(f"evaluate.relearn_batch_size={cfg.relearn_batch_size} is larger than the {n_train} train images "
                     f"of the forget class {name!r} the relearn test fine-tunes on; lower it to at most {n_train}")

@@ -117,8 +117,7 @@ def _avg_gap(metrics: dict, names: list[str]) -> dict | None:
     return None
   mia = M.strongest_mia(metrics[ORIGINAL], metrics[RETRAIN])
   models = {n: M.avg_gap(metrics[n], metrics[RETRAIN], mia) for n in names if n != RETRAIN}
-  over = [m.name for m in map(M.METRICS.get, M.METRICS.names()) if m.gap == "accuracy" or m.name == mia]
-  return {"mia": mia, "over": over, "models": models,
+  return {"mia": mia, "over": M.gap_metrics(mia), "models": models,
           "ranking": sorted(models, key=lambda n: models[n]["avg_gap"])}
 
 
