@@ -46,6 +46,10 @@ def base() -> mlc.ConfigDict:
   c.data.mean = 0.5  # HF ViT normalisation: (x/255 - 0.5) / 0.5
   c.data.std = 0.5
   c.data.augment = mlc.ConfigDict({"crop_pad": 0, "flip": False})
+  # Train on a seeded random subset of this many train images (0 = all); every stage, the audit
+  # included, then sees the subset as the train split.
+  c.data.train_examples = 0
+  c.data.train_examples_seed = 0
 
   c.model = mlc.ConfigDict()
   c.model.name = "vit"
@@ -180,6 +184,9 @@ def base() -> mlc.ConfigDict:
   c.evaluate.relearn_accuracy = 0.5  # relearned when forget test accuracy reaches this
   c.evaluate.relearn_max_steps = 100
   c.evaluate.relearn_eval_every = 1  # steps between accuracy checks: 1 counts the steps exactly
+  # relearn_head_{1,5,25}: only the head retrained on k images per class (full-batch Adam)
+  c.evaluate.head_relearn_steps = 100
+  c.evaluate.head_relearn_lr = 1e-2
   c.evaluate.mia_draws = 100  # mia_fr pools this many attackers, each fit on its own balanced subsample
   c.evaluate.seed = 0
 

@@ -235,5 +235,5 @@ def audit(models: Mapping[str, nnx.Module], *, images: Mapping[str, np.ndarray],
     raise ValueError(f"audit needs the original model among models= (as {original!r})")
   evalset = M.EvalSet(labels={s: np.asarray(labels[s], np.int64) for s in M.SUBSETS}, forget=forget,
                       num_classes=len(outputs[original].logits["test"][0]), original=outputs[original],
-                      retrained=outputs.get(retrained), seed=config.evaluate.seed, mia_draws=config.evaluate.mia_draws)
+                      retrained=outputs.get(retrained), **M.EvalSet.settings(config.evaluate))
   return {name: M.compute_all(out, evalset, list(metrics) if metrics else None) for name, out in outputs.items()}

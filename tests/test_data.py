@@ -7,7 +7,7 @@ import pytest
 import ml_collections as mlc
 
 from cu_jax.data import builders
-from cu_jax.data.datasets import ArraySource, load_dataset, read_arrays
+from cu_jax.data.datasets import ArraySource, load_dataset, read_arrays, train_subset
 from cu_jax.data.idx import read_idx, write_idx
 from cu_jax.data.loader import TrainLoader, eval_batches
 from cu_jax.parallel.mesh import make_mesh
@@ -125,3 +125,17 @@ def test_eval_batches_cover_everything_once_with_a_mask():
     mask = np.asarray(batch["mask"]) > 0
     seen += np.asarray(batch["label"])[mask].tolist()
   assert seen == list(range(21))
+
+
+def test_train_subset_is_a_seeded_sorted_sample_and_refuses_a_bad_size():
+  source = ArraySource(label=np.arange(50))
+  sub = train_subset(source, 20, seed=3, name="toy")
+  rows = np.array([r["label"] for r in sub.__getitems__(list(range(len(sub))))])
+  assert len(sub) == 20 and len(set(rows)) == 20 and (np.diff(rows) > 0).all()
+  again = train_subset(source, 20, seed=3, name="toy")
+  assert (np.array([r["label"] for r in again.__getitems__(list(range(20)))]) == rows).all()
+  other = train_subset(source, 20, seed=4, name="toy")
+  assert (np.array([r["label"] for r in other.__getitems__(list(range(20)))]) != rows).any()
+  assert train_subset(source, 0, seed=3, name="toy") is source
+  with pytest.raises(UserError, match="data.train_examples=51"):
+    train_subset(source, 51, seed=3, name="toy")

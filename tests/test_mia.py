@@ -159,3 +159,43 @@ def test_empty_or_single_sets_raise():
     probe_accuracy(embed, np.zeros(20, bool), embed, np.arange(20) < 5)
   with pytest.raises(ValueError, match="test rest"):
     probe_accuracy(embed, np.arange(20) < 5, embed, np.ones(20, bool))
+
+
+def _clusters(means, per_class, rng, sd=0.5):
+  labels = np.repeat(np.arange(len(means)), per_class)
+  return means[labels] + sd * rng.standard_normal((len(labels), means.shape[1])), labels
+
+
+def test_few_shot_head_relearn_restores_a_kept_class_but_not_an_erased_one():
+  from cu_jax.evaluation.relearn import few_shot_head_accuracy
+  rng = np.random.default_rng(0)
+  means = 3.0 * rng.standard_normal((4, 16))
+  forget = 3
+  # the best head for isotropic Gaussians: logits_c = <e, mu_c> - |mu_c|^2 / 2
+  head = (means.T.copy(), -0.5 * (means ** 2).sum(-1))
+  train, train_y = _clusters(means, 100, rng)
+  test, test_y = _clusters(means, 100, rng)
+  keep = train_y != forget
+  args = dict(embed_forget_train=train[~keep], embed_retain_train=train[keep], retain_labels=train_y[keep],
+              embed_forget_test=test[test_y == forget], forget=forget)
+  original = float(((test @ head[0] + head[1]).argmax(-1) == test_y)[test_y == forget].mean())
+  assert original > 0.95
+  for shots in (1, 5, 25):
+    assert few_shot_head_accuracy(head, shots=shots, **args) >= original - 0.02
+  # A model whose features never learned the class: its images embed like class 0's, and its head
+  # never predicts it (the forget row as a retrained model leaves it). A few labels cannot separate
+  # what the features do not: at most a coin flip between the two, far below the kept class.
+  erased_means = means.copy()
+  erased_means[forget] = means[0]
+  train, train_y = _clusters(erased_means, 100, rng)
+  test, test_y = _clusters(erased_means, 100, rng)
+  erased_head = (head[0].copy(), head[1].copy())
+  erased_head[0][:, forget], erased_head[1][forget] = 0.0, -50.0
+  assert ((test @ erased_head[0] + erased_head[1]).argmax(-1) == forget).mean() == 0.0
+  keep = train_y != forget
+  erased = dict(embed_forget_train=train[~keep], embed_retain_train=train[keep], retain_labels=train_y[keep],
+                embed_forget_test=test[test_y == forget], forget=forget)
+  for shots in (1, 5, 25):
+    assert few_shot_head_accuracy(erased_head, shots=shots, **erased) <= 0.75
+  # with no steps the untrained forget row stays untrained
+  assert few_shot_head_accuracy(erased_head, shots=25, steps=0, **erased) == 0.0

@@ -54,6 +54,30 @@ class ArraySource:
     return {k: v[index] for k, v in self.arrays.items()}
 
 
+class SubsetSource:
+  """The rows `indices` of another source, in that order (a training subset)."""
+
+  def __init__(self, source: RandomAccessSource, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return self.source.__getitems__(self.indices[np.asarray(indices, np.int64)].tolist())
+
+
+def train_subset(source: RandomAccessSource, n: int, seed: int, name: str) -> RandomAccessSource:
+  """A seeded random `n` of the train split's rows (sorted), or the split itself for n = 0."""
+  if n == 0:
+    return source
+  if not 0 < n <= len(source):
+    raise UserError(f"data.train_examples={n} is outside 1..{len(source)} (the {len(source)} train images of "
+                    f"{name}); use 0 for all of them")
+  rows = np.sort(np.random.default_rng([seed, 11]).choice(len(source), n, replace=False))
+  return SubsetSource(source, rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   name: str
@@ -201,6 +225,9 @@ def load_dataset(cfg) -> Dataset:
   if len(image_shape) != 3 or None in image_shape:
     raise UserError(f"dataset {cfg.name!r} has images of shape {image_shape}; cu_jax needs a fixed HWC shape")
   splits = {name: builder.as_data_source(split=name) for name in info.splits.keys()}
+  if "train" in splits:
+    splits["train"] = train_subset(splits["train"], int(cfg.get("train_examples", 0)),
+                                   int(cfg.get("train_examples_seed", 0)), cfg.name)
   return Dataset(name=cfg.name, splits=splits, class_names=tuple(info.features["label"].names),
                  image_shape=image_shape, metadata=dict(info.metadata or {}))
 

@@ -26,6 +26,7 @@ import numpy as np
 from cu_jax.data.datasets import ArraySource
 from cu_jax.evaluation import mia
 from cu_jax.evaluation.probe import probe_accuracy
+from cu_jax.evaluation.relearn import few_shot_head_accuracy
 from cu_jax.training.predict import predict
 from cu_jax.utils.registry import Registry
 
@@ -36,6 +37,7 @@ SUBSETS = ("forget_train", "retain_train", "test")
 class ModelOutputs:
   logits: dict[str, np.ndarray]  # subset -> (n, K)
   embed: dict[str, np.ndarray]  # subset -> (n, d)
+  head: tuple[np.ndarray, np.ndarray] | None = None  # (kernel (d, K), bias (K,)): logits = embed @ kernel + bias
 
   def probs(self, subset: str) -> np.ndarray:
     return mia.softmax(self.logits[subset])
@@ -46,7 +48,9 @@ def model_outputs(predict_step, params, images: dict[str, np.ndarray], mesh, glo
   `make_predict_step(..., output="both")`, `params` replicated on `mesh`."""
   out = {s: predict(predict_step, params, ArraySource(image=np.asarray(x)), mesh=mesh, global_batch=global_batch)
          for s, x in images.items()}
-  return ModelOutputs(logits={s: v["logits"] for s, v in out.items()}, embed={s: v["embed"] for s, v in out.items()})
+  head = params["head"]
+  return ModelOutputs(logits={s: v["logits"] for s, v in out.items()}, embed={s: v["embed"] for s, v in out.items()},
+                      head=(np.asarray(head["kernel"][...]), np.asarray(head["bias"][...])))
 
 
 @dataclasses.dataclass
@@ -58,6 +62,15 @@ class EvalSet:
   retrained: ModelOutputs | None = None
   seed: int = 0
   mia_draws: int = 100  # attackers pooled by mia_fr (mia.py)
+  head_relearn_steps: int = 100  # relearn_head_k: full-batch Adam steps on the head ...
+  head_relearn_lr: float = 1e-2  # ... at this learning rate
+
+  @staticmethod
+  def settings(evaluate_cfg) -> dict:
+    """The audit's settings from the `evaluate` config section, as EvalSet keyword arguments."""
+    c = evaluate_cfg
+    return dict(seed=c.seed, mia_draws=c.mia_draws, head_relearn_steps=c.head_relearn_steps,
+                head_relearn_lr=c.head_relearn_lr)
 
   @property
   def forget_test(self) -> np.ndarray:
@@ -204,6 +217,21 @@ def probe_forget(o: ModelOutputs, s: EvalSet):
 
 
 METRICS.register("relearn_steps")(Metric("relearn_steps", None))  # cu_jax.evaluation.relearn
+
+
+def _head_relearn(shots: int):
+  def fn(o: ModelOutputs, s: EvalSet):
+    """Forget-class test accuracy after retraining only the head on `shots` images per class."""
+    if o.head is None:
+      return None
+    return few_shot_head_accuracy(o.head, o.embed["forget_train"], o.embed["retain_train"], s.labels["retain_train"],
+                                  o.embed["test"][s.forget_test], s.forget, shots=shots, steps=s.head_relearn_steps,
+                                  lr=s.head_relearn_lr, seed=s.seed)
+  return fn
+
+
+for _shots in (1, 5, 25):
+  metric(f"relearn_head_{_shots}", percent=True)(_head_relearn(_shots))
 
 
 def table_metrics() -> list[Metric]:

@@ -10,6 +10,7 @@ in a few steps; the retrained model, which never learned it, is the reference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -77,3 +78,46 @@ class RelearnTest:
       if (step + 1) % s.eval_every == 0 and self._forget_accuracy(state["params"], forget_test, forget) >= s.accuracy:
         return step + 1
     return None
+
+
+# ----------------------------------------------------------------- few-shot relearn of the head
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "lr"))
+def _fit_head(kernel, bias, embed, labels, *, steps: int, lr: float):
+  """Full-batch Adam on the softmax cross-entropy of `embed @ kernel + bias`, from the given head."""
+  tx = optax.adam(lr)
+  loss = lambda head: optax.softmax_cross_entropy_with_integer_labels(embed @ head[0] + head[1], labels).mean()
+
+  def step(carry, _):
+    head, opt_state = carry
+    updates, opt_state = tx.update(jax.grad(loss)(head), opt_state, head)
+    return (optax.apply_updates(head, updates), opt_state), None
+
+  head = (kernel, bias)
+  (head, _), _ = jax.lax.scan(step, (head, tx.init(head)), None, length=steps)
+  return head
+
+
+def few_shot_head_accuracy(head: tuple[np.ndarray, np.ndarray], embed_forget_train: np.ndarray,
+                           embed_retain_train: np.ndarray, retain_labels: np.ndarray,
+                           embed_forget_test: np.ndarray, forget: int, *, shots: int, steps: int = 100,
+                           lr: float = 1e-2, seed: int = 0) -> float:
+  """Forget-class test accuracy after retraining only the classification head on `shots` forget
+  train samples and `shots` samples of every retained class (the embeddings fixed, the head
+  (kernel (d, K), bias (K,)) starting from the model's own).
+
+  What a linear probe cannot show: the probe asks whether the forget class is separable in the
+  embeddings at all; this asks how much of it a few labelled examples bring back through the
+  model's own head, next to the retrained model, whose features never learned the class.
+  """
+  rng = np.random.default_rng([seed, 8, shots])
+  pick = lambda rows: rng.choice(rows, min(shots, len(rows)), replace=False)
+  rows = [pick(np.flatnonzero(retain_labels == c)) for c in np.unique(retain_labels)]
+  forget_rows = pick(np.arange(len(embed_forget_train)))
+  embed = np.concatenate([embed_forget_train[forget_rows]] + [embed_retain_train[r] for r in rows])
+  labels = np.concatenate([np.full(len(forget_rows), forget)] + [retain_labels[r] for r in rows])
+  kernel, bias = _fit_head(jnp.asarray(head[0], jnp.float32), jnp.asarray(head[1], jnp.float32),
+                           jnp.asarray(embed, jnp.float32), jnp.asarray(labels, jnp.int32), steps=steps, lr=lr)
+  logits = np.asarray(embed_forget_test, np.float32) @ np.asarray(kernel) + np.asarray(bias)
+  return float((logits.argmax(-1) == forget).mean())

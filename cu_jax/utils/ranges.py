@@ -66,7 +66,7 @@ RANGES: tuple[tuple[str, Range], ...] = (
     ("data.augment.crop_pad", NONNEGATIVE_INT), ("data.image_size", NONNEGATIVE_INT), ("data.mean", Range()),
     ("data.std", POSITIVE), ("data.heldout_fraction", PROBABILITY),
     ("data.test_fraction", Range(0, 1, low_open=True, high_open=True)), ("data.max_len", Range(8, integer=True)),
-    ("data.num_entities", COUNT), ("data.tokenizer_vocab", NONNEGATIVE_INT),
+    ("data.num_entities", COUNT), ("data.tokenizer_vocab", NONNEGATIVE_INT), ("data.train_examples*", NONNEGATIVE_INT),
     # models
     ("model.*dropout", PROBABILITY), ("model.rope_theta", POSITIVE),
     *((f"model.{k}", NONNEGATIVE_INT) for k in ("patch_size", "width", "depth", "heads", "mlp_dim")),  # 0: the HF folder's

@@ -119,7 +119,7 @@ def run(ctx: Context) -> dict:
     extra[name] = {"relearn_steps": relearn.steps_to_relearn(params, images["forget_train"], forget_test, forget)}
     logging.info("evaluate: %s outputs + relearn test in %.1f s", name, time.perf_counter() - t0)
   evalset = M.EvalSet(labels=labels, forget=forget, num_classes=ds.num_classes, original=outputs[ORIGINAL],
-                      retrained=outputs.get(RETRAIN), seed=cfg.evaluate.seed, mia_draws=cfg.evaluate.mia_draws)
+                      retrained=outputs.get(RETRAIN), **M.EvalSet.settings(cfg.evaluate))
   bank = _importance_bank(art)
   key = art.key_concepts(bank) if bank is not None else []
   fixed = _fixed_scores(art, bank, index) if bank is not None else None
