@@ -98,7 +98,8 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
      "valid: complement, concept, keep, random, soft, targeted"),
     ("--config.poison.concept_head=mean", "unknown poison.concept_head 'mean'; valid: 'drop_row', 'refit'"),
     ("--config.poison.images=blur", "unknown poison image strategy 'blur'"),
-    ("--config.stages=('train','poison')", "poison.labels='targeted' needs a donor class from concept inference"),
+    ("--config.stages=('train','poison')", "poison.labels='complement' needs the original model's logits on the forget "
+     "samples, but no 'embed' stage runs before 'poison'"),
     ("--config.unlearn.baselines=('retrain',)", "'retrain' is its own stage"),
     ("--config.evaluate.mia_draws=0", "evaluate.mia_draws=0 is out of range: it must be an integer >= 1"),
     ("--config.optim.lr=-1.0", "--config.optim.lr=-1.0 is out of range: it must be a number > 0"),
@@ -122,7 +123,11 @@ def test_cli_unlearning_stages_write_the_report(finished_run):
   workdir, _, _ = finished_run
   poisoned = json.loads((workdir / "poison" / "done.json").read_text())
   concepts = json.loads((workdir / "attribute" / "concepts.json").read_text())
-  assert poisoned["label_counts"] == {concepts["donor"]["name"]: poisoned["num_forget"]}  # targeted
+  # complement (the default): each forget image goes to the original's own next choices, never the forget class
+  assert poisoned["labels"] == "complement" and poisoned["forget_class"]["name"] not in poisoned["label_counts"]
+  assert sum(poisoned["label_counts"].values()) == poisoned["num_forget"]
+  assert sum(poisoned["mean_target"]) == pytest.approx(1.0, abs=1e-3)
+  assert poisoned["mean_target"][poisoned["forget_class"]["index"]] == 0.0
   report = json.loads((workdir / "report" / "report.json").read_text())
   assert report["models"] == ["original", "concept_poison", "finetune", "neggrad", "random_label", "salun",
                               "scrub", "ssd", "l1_sparse", "retrain"]
@@ -272,3 +277,23 @@ def test_cli_missing_config_file_with_an_override(tmp_path):
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "cannot load --config=configs/nope.py: [Errno 2] No such file or directory" in _one_line_error(proc)
+
+
+def test_cli_ulira_audit_over_shadow_pairs(finished_run, tmp_path):
+  """evaluate.shadow_models=3 on a finished run: only evaluate and report run again; each model gets
+  U-LiRA's AUC and TPR; the shadow "in" models before unlearning are told from retrained ones."""
+  workdir, data_dir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  unlearned = (copy / "unlearn" / "done.json").read_text()
+  proc = _cli(copy, "--config.evaluate.shadow_models=3", "--overwrite", data_dir=data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (copy / "unlearn" / "done.json").read_text() == unlearned  # not run again
+  report = json.loads((copy / "report" / "report.json").read_text())
+  metrics = report["metrics"]
+  assert metrics["original"]["ulira_auc"] > 0.9
+  for name in report["models"][1:-1]:
+    assert 0.0 <= metrics[name]["ulira_auc"] <= 1.0 and 0.0 <= metrics[name]["ulira_tpr"] <= 1.0
+  assert metrics["retrain"].get("ulira_auc") is None  # the reference itself
+  assert {p.name for p in (copy / "evaluate" / "shadow").iterdir()} == {"pair_0", "pair_1", "pair_2"}
+  assert "U-LiRA over 3 shadow pairs" in (copy / "report" / "report.md").read_text()

@@ -23,7 +23,14 @@ def test_scores_are_the_gaussian_log_likelihood_ratio():
   target = rng.normal(size=5)
   expect = (norm.logpdf(target, in_conf.mean(0), in_conf.std(0, ddof=1))
             - norm.logpdf(target, out_conf.mean(0), out_conf.std(0, ddof=1)))
+  np.testing.assert_allclose(lira_scores(in_conf, out_conf, target, variance="per_example"), expect, rtol=1e-10)
+  # with few shadow models ("auto" below 32 a side) one variance per side, pooled over the examples
+  pooled = lambda c: np.sqrt(c.var(0, ddof=1).mean())
+  expect = (norm.logpdf(target, in_conf.mean(0), pooled(in_conf))
+            - norm.logpdf(target, out_conf.mean(0), pooled(out_conf)))
   np.testing.assert_allclose(lira_scores(in_conf, out_conf, target), expect, rtol=1e-10)
+  with pytest.raises(ValueError, match="variance must be"):
+    lira_scores(in_conf, out_conf, target, variance="fixed")
 
 
 def _pairs(shift: float, pairs=16, examples=200, seed=0):

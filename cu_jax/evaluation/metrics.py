@@ -233,6 +233,11 @@ def _head_relearn(shots: int):
 for _shots in (1, 5, 25):
   metric(f"relearn_head_{_shots}", percent=True)(_head_relearn(_shots))
 
+# U-LiRA over shadow pairs (cu_jax.evaluation.shadow, evaluate.shadow_models): the AUC and the TPR at
+# 1 % FPR of telling the method's models from retrained ones; 0.5 / 0.01 = indistinguishable.
+for _name in ("ulira_auc", "ulira_tpr"):
+  METRICS.register(_name)(Metric(_name, None, vs_retrain=False))
+
 
 def table_metrics() -> list[Metric]:
   """The metrics a report's methods x metrics table shows, in registration order."""

@@ -1,11 +1,17 @@
 """The figures an unlearning run is judged by, each with its measured value and a verdict.
 
-Image classifiers (`image_targets`), for the main method, next to the retrained reference:
-- the forget class's test accuracy falls to at most 2 %;
-- the retained classes' test accuracy stays within 1 point of the retrained model's;
-- `mia_fr` lands within 0.05 of the retrained model's (with a note where the bar cannot certify
-  forgetting: the original model clears it too, or the attackers are at chance on the original);
-- unlearning takes at most a fifth of retraining's time.
+Image classifiers (`image_targets`), for the main method, next to the retrained reference (the
+goal is a model a retrained one cannot be told from, not merely a low forget accuracy):
+- the forget class's test accuracy falls to at most 1 %;
+- the retained classes' test accuracy stays within 0.3 point of the retrained model's;
+- on forget-class test images the model predicts what the retrained model predicts (argmax
+  agreement >= 90 %, mean KL(retrained || model) <= 0.25 nats);
+- every membership attack lands within 0.03 of the retrained model's value (with a note where the
+  bar cannot certify forgetting: the original model clears it too, or the mia_fr attackers are at
+  chance on the original);
+- relearning the class takes at least as many steps as it takes the retrained model;
+- the key concepts pull log p(forget) the way they do in the retrained model (the same sign);
+- unlearning takes at most a tenth of retraining's time.
 
 LLMs (`llm_targets`), before and after unlearning: the concept appears in at least 90 % of the
 original model's forget answers and at most 5 % after; retain ROUGE-L drops by at most 0.05.
@@ -14,6 +20,28 @@ original model's forget answers and at most 5 % after; retain ROUGE-L drops by a
 from __future__ import annotations
 
 ORIGINAL, RETRAIN = "original", "retrain"  # the untouched model, the one retrained without the class
+MIA_METRICS = ("mia_fr", "mia_svc", "mia_loss")
+MIA_TOLERANCE = 0.03
+
+
+def _mia_row(metrics: dict, method: str, name: str, attacker: dict | None) -> dict:
+  m, r = metrics[method], metrics[RETRAIN]
+  row = {"target": f"{name} within {MIA_TOLERANCE} of retrained", "value": m[name], "reference": r[name],
+         "ok": abs(m[name] - r[name]) <= MIA_TOLERANCE}
+  # a bar the untouched model clears, or an attacker at chance, cannot certify forgetting: say so
+  notes, original = [], metrics.get(ORIGINAL, {}).get(name)
+  if original is not None and abs(original - r[name]) <= MIA_TOLERANCE:
+    notes.append(f"the original model, which forgot nothing, is within {MIA_TOLERANCE} too ({original:.3f}): the "
+                 "attack cannot tell forgetting from not forgetting on this run")
+  if name == "mia_fr" and attacker and attacker.get("examples"):
+    chance = 0.5 + 3 * (0.25 / attacker["examples"]) ** 0.5  # 3 standard errors above a coin flip
+    if attacker["heldout_accuracy"] < chance:
+      notes.append(f"the attackers' held-out accuracy on the original model, {attacker['heldout_accuracy']:.3f}, "
+                   f"is within 3 standard errors of chance (< {chance:.3f}): the original leaks no membership "
+                   "of the forget class for unlearning to remove, so this bar cannot certify forgetting")
+  if notes:
+    row["note"] = "; ".join(notes)
+  return row
 
 
 def image_targets(metrics: dict, method: str, timings: dict, attacker: dict | None = None) -> list[dict]:
@@ -23,30 +51,27 @@ def image_targets(metrics: dict, method: str, timings: dict, attacker: dict | No
   attackers' {draws, examples, heldout_accuracy} on the original model, to note a powerless attack.
   """
   m, r = metrics.get(method, {}), metrics.get(RETRAIN)
-  rows = [{"target": "acc_forget_test <= 2%", "value": m.get("acc_forget_test"),
-           "ok": m.get("acc_forget_test") is not None and m["acc_forget_test"] <= 0.02}]
+  rows = [{"target": "acc_forget_test <= 1%", "value": m.get("acc_forget_test"),
+           "ok": m.get("acc_forget_test") is not None and m["acc_forget_test"] <= 0.01}]
   if r:
-    rows.append({"target": "acc_retain_test >= retrained - 1 point", "value": m.get("acc_retain_test"),
-                 "reference": r["acc_retain_test"], "ok": m["acc_retain_test"] >= r["acc_retain_test"] - 0.01})
-    row = {"target": "mia_fr within 0.05 of retrained", "value": m.get("mia_fr"), "reference": r["mia_fr"],
-           "ok": abs(m["mia_fr"] - r["mia_fr"]) <= 0.05}
-    # a bar the untouched model clears, or an attacker at chance, cannot certify forgetting: say so
-    notes, original = [], metrics.get(ORIGINAL, {}).get("mia_fr")
-    if original is not None and abs(original - r["mia_fr"]) <= 0.05:
-      notes.append(f"the original model, which forgot nothing, is within 0.05 too ({original:.3f}): the attack "
-                   "cannot tell forgetting from not forgetting on this run")
-    if attacker and attacker.get("examples"):
-      chance = 0.5 + 3 * (0.25 / attacker["examples"]) ** 0.5  # 3 standard errors above a coin flip
-      if attacker["heldout_accuracy"] < chance:
-        notes.append(f"the attackers' held-out accuracy on the original model, {attacker['heldout_accuracy']:.3f}, "
-                     f"is within 3 standard errors of chance (< {chance:.3f}): the original leaks no membership "
-                     "of the forget class for unlearning to remove, so this bar cannot certify forgetting")
-    if notes:
-      row["note"] = "; ".join(notes)
-    rows.append(row)
+    rows.append({"target": "acc_retain_test >= retrained - 0.3 point", "value": m.get("acc_retain_test"),
+                 "reference": r["acc_retain_test"], "ok": m["acc_retain_test"] >= r["acc_retain_test"] - 0.003})
+    if m.get("agreement_forget") is not None:
+      rows.append({"target": "agreement_forget >= 90%", "value": m["agreement_forget"],
+                   "ok": m["agreement_forget"] >= 0.90})
+      rows.append({"target": "kl_forget <= 0.25", "value": m["kl_forget"], "ok": m["kl_forget"] <= 0.25})
+    rows += [_mia_row(metrics, method, name, attacker) for name in MIA_METRICS
+             if m.get(name) is not None and r.get(name) is not None]
+    if m.get("relearn_steps") is not None and r.get("relearn_steps") is not None:
+      rows.append({"target": "relearn_steps >= retrained's", "value": m["relearn_steps"],
+                   "reference": r["relearn_steps"], "ok": m["relearn_steps"] >= r["relearn_steps"]})
+    mine, ref = m.get("key_concept_importance") or {}, r.get("key_concept_importance") or {}
+    for concept in (c for c in ref if c in mine):
+      rows.append({"target": f"importance of '{concept}' has the retrained model's sign", "value": mine[concept],
+                   "reference": ref[concept], "ok": (mine[concept] > 0) == (ref[concept] > 0)})
   if method in timings.get("unlearn_methods", {}) and timings.get("retrain"):
     ratio = timings["unlearn_methods"][method] / timings["retrain"]
-    rows.append({"target": "unlearning time <= 1/5 of retraining", "value": ratio, "ok": ratio <= 0.2})
+    rows.append({"target": "unlearning time <= 1/10 of retraining", "value": ratio, "ok": ratio <= 0.1})
   return rows
 
 

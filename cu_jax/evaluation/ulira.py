@@ -34,18 +34,28 @@ def _gaussian_logpdf(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.nda
 
 
 def lira_scores(in_conf: np.ndarray, out_conf: np.ndarray, target_conf: np.ndarray, *,
-                min_var: float = 1e-4) -> np.ndarray:
+                variance: str = "auto", min_var: float = 1e-4) -> np.ndarray:
   """Per-example log likelihood ratio of `target_conf` (..., N) under Gaussians fit per example to
   `in_conf` (S_in, N) and `out_conf` (S_out, N), the shadow models' confidences (higher = looks
-  more like the "in" population). The variances are floored at `min_var`: with a few shadow
-  models an example's spread can be ~0."""
+  more like the "in" population).
+
+  Each side's mean is per example. Its variance is per example ("per_example") or one variance
+  pooled over the examples ("global"): with a few shadow models a per-example variance rests on
+  a handful of points and can be ~0, which makes the ratio erratic (LiRA, Carlini et al. 2022, uses
+  a fixed variance below ~64 shadow models). "auto": global below 32 models a side. Variances are
+  floored at `min_var`."""
   in_conf, out_conf = np.asarray(in_conf, np.float64), np.asarray(out_conf, np.float64)
   if in_conf.ndim != 2 or out_conf.ndim != 2 or in_conf.shape[1] != out_conf.shape[1]:
     raise ValueError(f"expected (models, examples) confidences of one width, got {in_conf.shape} and {out_conf.shape}")
   if min(len(in_conf), len(out_conf)) < 2:
     raise ValueError(f"a per-example Gaussian needs at least 2 shadow models a side, got {len(in_conf)} "
                      f"and {len(out_conf)}")
-  var = lambda c: np.maximum(c.var(0, ddof=1), min_var)
+  if variance == "auto":
+    variance = "global" if min(len(in_conf), len(out_conf)) < 32 else "per_example"
+  if variance not in ("global", "per_example"):
+    raise ValueError(f"variance must be 'auto', 'global' or 'per_example', got {variance!r}")
+  pooled = variance == "global"
+  var = lambda c: np.maximum(c.var(0, ddof=1).mean() if pooled else c.var(0, ddof=1), min_var)
   target = np.asarray(target_conf, np.float64)
   return (_gaussian_logpdf(target, in_conf.mean(0), var(in_conf))
           - _gaussian_logpdf(target, out_conf.mean(0), var(out_conf)))
@@ -57,7 +67,7 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
   return float(tprs[fprs <= fpr].max())
 
 
-def ulira(in_conf: np.ndarray, out_conf: np.ndarray, *, fpr: float = 0.01) -> dict:
+def ulira(in_conf: np.ndarray, out_conf: np.ndarray, *, fpr: float = 0.01, variance: str = "auto") -> dict:
   """The attack over S shadow pairs, leave one pair out: for pair i the Gaussians are fit on the
   other S - 1 pairs, and its unlearned model's (`in_conf[i]`, positive) and retrained model's
   (`out_conf[i]`, negative) per-example scores are pooled over every pair.
@@ -76,7 +86,7 @@ def ulira(in_conf: np.ndarray, out_conf: np.ndarray, *, fpr: float = 0.01) -> di
   for i in range(pairs):
     rest = np.arange(pairs) != i
     for conf, label in ((in_conf[i], 1), (out_conf[i], 0)):
-      scores.append(lira_scores(in_conf[rest], out_conf[rest], conf))
+      scores.append(lira_scores(in_conf[rest], out_conf[rest], conf, variance=variance))
       labels.append(np.full(in_conf.shape[1], label))
   scores, labels = np.concatenate(scores), np.concatenate(labels)
   return {"auc": float(roc_auc_score(labels, scores)), "tpr_at_fpr": tpr_at_fpr(labels, scores, fpr), "fpr": fpr,

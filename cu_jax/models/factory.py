@@ -64,16 +64,18 @@ def _vit(model_cfg, *, image_size: int, channels: int, num_classes: int, seed: i
 
 
 def build_model(config, image_shape: tuple[int, int, int], num_classes: int, *,
-                abstract: bool = False) -> nnx.Module:
+                abstract: bool = False, seed: int | None = None) -> nnx.Module:
   """The model the config describes, for images of `image_shape` (resized to data.image_size),
   initialised as `model.init_from` says.
 
   `abstract=True`: shapes only (`nnx.eval_shape`); checks the config (and an HF folder's
-  config.json) without allocating or reading weights.
+  config.json) without allocating or reading weights. `seed`: the random initialisation's
+  (default `config.seed`).
   """
   size = config.data.get("image_size", 0) or image_shape[0]
   make = MODELS.get(config.model.name, "model.name")
   trained = config.get("train", {}).get("trained", "")
-  kwargs = dict(image_size=size, channels=image_shape[2], num_classes=num_classes, seed=config.seed,
+  kwargs = dict(image_size=size, channels=image_shape[2], num_classes=num_classes,
+                seed=config.seed if seed is None else seed,
                 architecture_from=trained if is_hf_folder(trained) else "")
   return make(config.model, abstract=abstract, **kwargs)

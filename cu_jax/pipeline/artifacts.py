@@ -59,6 +59,7 @@ from cu_jax.parallel.checkpoint import Checkpointer, load_params, save_params
 from cu_jax.parallel.mesh import fsdp_spec
 from cu_jax.pipeline.runner import Context
 from cu_jax.training.steps import replicate
+from cu_jax.unlearning.methods import UnlearnData, retrain_set
 from cu_jax.utils import files
 from cu_jax.utils.errors import UserError
 from cu_jax.utils.config import flatten
@@ -187,9 +188,9 @@ class ImageArtifacts(Workdir):
 
   # ------------------------------------------------------------------------------------- models
 
-  def build_model(self, abstract: bool = False):
+  def build_model(self, abstract: bool = False, seed: int | None = None):
     ds = self.dataset
-    return build_model(self.config, ds.image_shape, ds.num_classes, abstract=abstract)
+    return build_model(self.config, ds.image_shape, ds.num_classes, abstract=abstract, seed=seed)
 
   def check_given(self, path: str, field: str) -> str:
     """A trained model given by config field `field` fits this dataset and config (see
@@ -317,6 +318,39 @@ class ImageArtifacts(Workdir):
     """The poison stage's arrays, memory-mapped: forget `index`, poisoned `image`, hard `label`,
     `target` distributions, and the `retain_index` of the fine-tuning set."""
     return {k: self.load_array(self.dir("poison") / f"{k}.npy", mmap=True) for k in POISON_ARRAYS}
+
+  def unlearn_data(self, needs: set[str]) -> UnlearnData:
+    """What the unlearning methods fine-tune on, read from earlier stages: the fine-tuning set's
+    retained samples, the forget samples, and the pieces `needs` names (`methods.NEEDS`)."""
+    ds, p = self.dataset, self.poisoned()
+    source = ds.split("train")
+    retain = read_arrays(source, np.asarray(p["retain_index"]))
+    extra = {}
+    if "poison" in needs:
+      extra.update(poison_image=np.asarray(p["image"]), poison_target=np.asarray(p["target"]))
+    if "teacher" in needs:
+      teacher = self.embeddings("train")["logits"]
+      extra.update(retain_teacher=teacher[p["retain_index"]], forget_teacher=teacher[p["index"]])
+    return UnlearnData(
+        num_classes=ds.num_classes, forget=self.forget, retain_image=retain["image"],
+        retain_label=retain["label"].astype(np.int64),
+        forget_image=read_arrays(source, np.asarray(p["index"]), keys=("image",))["image"], seed=self.unlearn_seed,
+        **extra)
+
+  @property
+  def unlearn_seed(self) -> int:
+    """The seed of unlearning's randomness: the run's `seed` plus `unlearn.seed`."""
+    return self.config.seed + self.config.unlearn.seed
+
+  def retrain_set(self) -> dict[str, np.ndarray]:
+    """The retrained reference's training set (every retained train sample, the base recipe's
+    label smoothing), as columns of the unlearning loss."""
+    labels = self.train_labels()
+    keep = np.flatnonzero(labels != self.forget)
+    images = read_arrays(self.dataset.split("train"), keep, keys=("image",))["image"]
+    data = UnlearnData(num_classes=self.dataset.num_classes, forget=self.forget, retain_image=images,
+                       retain_label=labels[keep], forget_image=images[:0], seed=self.config.seed)
+    return retrain_set(data, label_smoothing=self.config.train.label_smoothing)
 
   # ------------------------------------------------------------------------------- evaluation
 

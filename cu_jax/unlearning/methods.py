@@ -140,10 +140,13 @@ def _retain(d: UnlearnData, **kw) -> dict[str, np.ndarray]:
   return _part(d.retain_image, poison.one_hot(d.retain_label, d.num_classes), 1.0, **kw)
 
 
-def retrain_set(d: UnlearnData) -> dict[str, np.ndarray]:
-  """The retrained reference's training set: the retained samples with their labels, never a forget
-  sample (the columns of `unlearning_loss`, so the same loop trains it)."""
-  return _retain(d)
+def retrain_set(d: UnlearnData, label_smoothing: float = 0.0) -> dict[str, np.ndarray]:
+  """The retrained reference's training set: the retained samples with their labels (smoothed as
+  the base recipe's are), never a forget sample (the columns of `unlearning_loss`, so the same
+  loop trains it)."""
+  columns = _retain(d)
+  columns["target"] = columns["target"] * (1 - label_smoothing) + label_smoothing / d.num_classes
+  return columns
 
 
 def _random_labels(d: UnlearnData) -> np.ndarray:

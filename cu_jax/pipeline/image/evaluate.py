@@ -26,12 +26,13 @@ from cu_jax.concepts import importance, pcbm
 from cu_jax.concepts.bank import BANK_KINDS, ConceptBank
 from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation import metrics as M
-from cu_jax.evaluation import mia
+from cu_jax.evaluation import mia, shadow
 from cu_jax.evaluation.relearn import RelearnSettings, RelearnTest
 from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import ORIGINAL, RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training import steps
+from cu_jax.unlearning import methods
 from cu_jax.utils.errors import UserError
 
 
@@ -49,6 +50,9 @@ def validate(ctx: Context) -> None:
     if int((labels == forget).sum()) < 2:
       raise UserError(f"the forget class {name!r} has {int((labels == forget).sum())} {split} images; the audit "
                       "(membership inference, relearn test) needs at least 2 in each split")
+  if cfg.shadow_models and cfg.shadow_models < 3:
+    raise UserError(f"evaluate.shadow_models={cfg.shadow_models}: the U-LiRA audit fits each held-out shadow pair's "
+                    "Gaussians on the other pairs and needs at least 3; use 0 (off) or 3 or more (8+ for a stable AUC)")
   n_train = int((train_labels == forget).sum())
   if cfg.relearn_batch_size > n_train:
     raise UserError(f"evaluate.relearn_batch_size={cfg.relearn_batch_size} is larger than the {n_train} train images "
@@ -99,6 +103,26 @@ def _importance(ctx: Context, art: ImageArtifacts, bank: ConceptBank, out: M.Mod
       method=cfg.attribution.method, seed=cfg.evaluate.seed)
 
 
+def _ulira(ctx: Context, art: ImageArtifacts, graphdef) -> dict[str, dict]:
+  """U-LiRA (`cu_jax.evaluation.shadow`): `evaluate.shadow_models` shadow pairs trained by the base
+  recipe, every method applied to each "in" model; per method, how well a per-example likelihood
+  ratio tells its models from retrained ones."""
+  cfg, names = ctx.config, art.method_names()
+  recipe = shadow.ShadowRecipe(
+      build_model=lambda seed: art.build_model(seed=seed), train_source=art.dataset.split("train"),
+      retrain_columns=art.retrain_set(),
+      data=art.unlearn_data(set().union(*(methods.METHODS.get(n).needs for n in names))),
+      train_cfg=cfg.train, optim_cfg=cfg.optim, data_cfg=cfg.data, unlearn_cfg=cfg.unlearn, mesh=ctx.mesh,
+      predict_step=steps.make_predict_step(graphdef, cfg.data, ctx.mesh), eval_batch_size=cfg.train.eval_batch_size,
+      complement_temperature=cfg.poison.target_temperature if cfg.poison.labels == "complement" else None,
+      write=ctx.primary)
+  t0 = time.perf_counter()
+  figures = shadow.audit(recipe, names, cfg.evaluate.shadow_models, art.dir("evaluate") / "shadow", seed=cfg.seed)
+  logging.info("evaluate: U-LiRA over %d shadow pairs in %.0f s: %s", cfg.evaluate.shadow_models,
+               time.perf_counter() - t0, {n: round(f["auc"], 3) for n, f in figures.items()})
+  return figures
+
+
 @stage("evaluate", config_keys=("evaluate",), validate=validate)
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, ImageArtifacts(ctx)
@@ -132,13 +156,18 @@ def run(ctx: Context) -> dict:
       art.save_importance(name, imp)
       results[name]["key_concept_importance"] = {bank.names[j]: float(imp[j]) for j in key}
     logging.info("evaluate: %s: %s", name, {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
+  ulira = None
+  if cfg.evaluate.shadow_models and "unlearn" in cfg.stages:
+    ulira = _ulira(ctx, art, graphdef)
+    for name, figures in ulira.items():
+      results[name].update(ulira_auc=figures["auc"], ulira_tpr=figures["tpr_at_fpr"])
   members, nonmembers = evalset.fr_sets()
   attacker = {"draws": evalset.mia_draws, "examples": 2 * min(len(members), len(nonmembers)),
               "heldout_accuracy": mia.fr_attacker_accuracy(members, nonmembers, seed=evalset.seed)}
   logging.info("evaluate: mia_fr attacker's held-out accuracy on the original model: %.3f", attacker["heldout_accuracy"])
   summary = {"forget_class": {"index": forget, "name": ds.class_names[forget]}, "models": names,
              "subset_sizes": {s: int(len(v)) for s, v in labels.items()}, "metrics": results,
-             "mia_fr_attacker": attacker}
+             "mia_fr_attacker": attacker, "ulira": ulira}
   art.write_json(art.metrics_file, summary)
   art.write_audit_board(results)
   return {"models": names, "forget_class": summary["forget_class"]}

@@ -21,6 +21,10 @@ MIA_NOTE = ("mia_fr pools {draws} SVC attackers fit on the original model's forg
             "(non-member) softmax vectors; on that task they reach a held-out accuracy of {acc:.3f} (0.5 = the "
             "original leaks no membership of the forget class, and mia_fr then only tells where a model's outputs "
             "fall relative to the original's).")
+ULIRA_NOTE = ("ulira_auc, ulira_tpr: U-LiRA over {pairs} shadow pairs (the base recipe trained with the forget class, "
+              "then unlearned by each method, and without it): the AUC and the TPR at {fpr:g} % FPR of a per-example "
+              "likelihood-ratio test telling the method's models from retrained ones on the {examples} forget train "
+              "images (0.5 and {fpr:g} % = indistinguishable; the original's row is the attack's power).")
 IMPORTANCE_NOTE = ("Each model's own PCBM head (distilled from its softmax on a class-balanced train sample) over the "
                    "original concept bank; IG from that sample's mean concept scores, averaged over the forget "
                    "class's train images. Positive: the concept raises the model's log p(forget).")
@@ -29,7 +33,7 @@ IMPORTANCE_NOTE = ("Each model's own PCBM head (distilled from its softmax on a 
 def _markdown(report: dict) -> str:
   metrics, names = report["metrics"], report["models"]
   ref, f, hp = metrics.get(RETRAIN), report["forget_class"], report["hyper_parameters"]
-  shown = M.table_metrics()
+  shown = [m for m in M.table_metrics() if any(metrics[n].get(m.name) is not None for n in names)]
   lines = [f"# cu_jax unlearning report: forget class '{f['name']}' ({report['dataset']})", ""]
   concepts = report.get("concepts")
   if concepts:
@@ -68,6 +72,10 @@ def _markdown(report: dict) -> str:
   attacker = report.get("mia_fr_attacker")
   if attacker:
     lines += ["", MIA_NOTE.format(draws=attacker["draws"], acc=attacker["heldout_accuracy"])]
+  ulira = report.get("ulira")
+  if ulira:
+    first = next(iter(ulira.values()))
+    lines += ["", ULIRA_NOTE.format(pairs=first["pairs"], examples=first["examples"], fpr=100 * first["fpr"])]
   closest = report.get("closest_to_retrain")
   if closest:
     lines += ["", f"Closest to what the retrained model predicts on forget images (agreement_forget): "
@@ -147,7 +155,7 @@ def run(ctx: Context) -> dict:
       "closest_to_retrain": closest and {"method": closest, "agreement_forget": metrics[closest]["agreement_forget"]},
       "avg_gap": _avg_gap(metrics, names),
       "targets": image_targets(metrics, method, timings, evaluation.get("mia_fr_attacker")) if method in metrics else [],
-      "mia_fr_attacker": evaluation.get("mia_fr_attacker"),
+      "mia_fr_attacker": evaluation.get("mia_fr_attacker"), "ulira": evaluation.get("ulira"),
       "timings": timings,
       "concepts": concepts and {k: concepts[k] for k in ("key_concepts", "donor", "confusion_forget_donor_test")},
       "poison": stages.get("poison") or {"labels": cfg.poison.labels, "images": cfg.poison.images},

@@ -11,10 +11,9 @@ retrained model.
 
 from __future__ import annotations
 
-import numpy as np
 from absl import logging
 
-from cu_jax.data.datasets import ArraySource, read_arrays
+from cu_jax.data.datasets import ArraySource
 from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
@@ -34,27 +33,20 @@ def validate(ctx: Context) -> None:
 @stage(RETRAIN, config_keys=("forget_class", "retrain"), validate=validate)
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, ImageArtifacts(ctx)
-  ds, forget, out = art.dataset, art.forget, art.dir(RETRAIN)
+  forget, out = art.forget, art.dir(RETRAIN)
   if cfg.retrain.trained:
     _, params = art.load_given(cfg.retrain.trained)
     art.save_model(params, RETRAIN)
     return {"given": cfg.retrain.trained, "steps": 0}
-  labels = art.train_labels()
-  keep = np.flatnonzero(labels != forget)
-  images = read_arrays(ds.split("train"), keep, keys=("image",))["image"]
-  data = methods.UnlearnData(num_classes=ds.num_classes, forget=forget, retain_image=images,
-                             retain_label=labels[keep], forget_image=images[:0], seed=cfg.seed)
-  columns = methods.retrain_set(data)
-  if cfg.train.label_smoothing:  # the base recipe, exactly
-    k, a = ds.num_classes, cfg.train.label_smoothing
-    columns["target"] = columns["target"] * (1 - a) + a / k
+  columns = art.retrain_set()
   result = trainer.train(art.build_model(), ArraySource(**columns), train_cfg=cfg.train, optim_cfg=cfg.optim,
                          data_cfg=cfg.data, mesh=ctx.mesh, checkpoint_dir=out / "checkpoints", seed=cfg.seed,
                          loss_fn=methods.unlearning_loss(cfg.unlearn.ascent_cap),
                          metrics_path=out / "metrics.jsonl", name=RETRAIN, keys=tuple(columns))
   art.save_model(result.state["params"], RETRAIN)
+  n = len(columns["image"])
   logging.info("retrain: %d steps on %d retained examples (class %d never seen) in %.0f s",
-               result.total_steps, len(keep), forget, result.wall_s)
-  return {"steps": result.total_steps, "num_examples": int(len(keep)), "forget_examples_seen": 0,
+               result.total_steps, n, forget, result.wall_s)
+  return {"steps": result.total_steps, "num_examples": n, "forget_examples_seen": 0,
           "train_wall_s": result.wall_s, "train_examples_per_s": result.examples_per_s,
           "resumed_from_step": result.resumed_from}

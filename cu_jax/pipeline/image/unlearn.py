@@ -9,10 +9,8 @@ model's logits, its config section, a parameter mask) is declared where it is re
 
 from __future__ import annotations
 
-import numpy as np
 from absl import logging
 
-from cu_jax.data.datasets import read_arrays
 from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
@@ -36,27 +34,10 @@ def validate(ctx: Context) -> None:
   trainer.check_steps(cfg.train, int((art.train_labels() != art.forget).sum()), "unlearn.train")
 
 
-def _unlearn_data(ctx: Context, art: ImageArtifacts, needs: set[str]) -> methods.UnlearnData:
-  """The pieces the methods of this run need, read from earlier stages."""
-  ds, p = art.dataset, art.poisoned()
-  source = ds.split("train")
-  retain = read_arrays(source, np.asarray(p["retain_index"]))
-  extra = {}
-  if "poison" in needs:
-    extra.update(poison_image=np.asarray(p["image"]), poison_target=np.asarray(p["target"]))
-  if "teacher" in needs:
-    teacher = art.embeddings("train")["logits"]
-    extra.update(retain_teacher=teacher[p["retain_index"]], forget_teacher=teacher[p["index"]])
-  return methods.UnlearnData(
-      num_classes=ds.num_classes, forget=art.forget, retain_image=retain["image"],
-      retain_label=retain["label"].astype(np.int64),
-      forget_image=read_arrays(source, np.asarray(p["index"]), keys=("image",))["image"], seed=ctx.config.seed, **extra)
-
-
 def _unlearn_one(ctx: Context, art: ImageArtifacts, name: str, data: methods.UnlearnData, graphdef, params) -> dict:
   out = art.method_dir(name)
   unlearned, summary = run_method(graphdef, params, name, data, ctx.config.unlearn, ctx.config.data, ctx.mesh,
-                                  checkpoint_dir=out / "checkpoints", seed=ctx.config.seed,
+                                  checkpoint_dir=out / "checkpoints", seed=art.unlearn_seed,
                                   metrics_path=out / "metrics.jsonl")
   art.save_model(unlearned, name)
   art.write_json(out / "summary.json", summary)
@@ -68,7 +49,7 @@ def run(ctx: Context) -> dict:
   art = ImageArtifacts(ctx)
   names = art.method_names()
   needs = set().union(*(methods.METHODS.get(n).needs for n in names))
-  data = _unlearn_data(ctx, art, needs)
+  data = art.unlearn_data(needs)
   graphdef, params = art.trained()
   summary = {}
   for name in names:
