@@ -98,8 +98,9 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
      "valid: complement, concept, keep, random, soft, targeted"),
     ("--config.poison.concept_head=mean", "unknown poison.concept_head 'mean'; valid: 'drop_row', 'refit'"),
     ("--config.poison.images=blur", "unknown poison image strategy 'blur'"),
-    ("--config.stages=('train','poison')", "poison.labels='complement' needs the original model's logits on the forget "
-     "samples, but no 'embed' stage runs before 'poison'"),
+    ("--config.stages=('train','poison')", "poison.labels='targeted' needs a donor class from concept inference"),
+    (("--config.stages=('train','poison')", "--config.poison.labels=complement"), "poison.labels='complement' needs "
+     "the original model's logits on the forget samples, but no 'embed' stage runs before 'poison'"),
     ("--config.unlearn.baselines=('retrain',)", "'retrain' is its own stage"),
     ("--config.evaluate.mia_draws=0", "evaluate.mia_draws=0 is out of range: it must be an integer >= 1"),
     ("--config.optim.lr=-1.0", "--config.optim.lr=-1.0 is out of range: it must be a number > 0"),
@@ -113,8 +114,9 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
     ("--config.concepts.bank=text", "concepts.bank='text' needs a CLIP checkpoint folder"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
-  extra = ["--config.data.name=fashion_mnist_idx"] if "idx_dir" in override else []
-  proc = _cli(tmp_path / "run", override, *extra, data_dir=tmp_path / "tfds")
+  overrides = (override,) if isinstance(override, str) else override
+  extra = ["--config.data.name=fashion_mnist_idx"] if any("idx_dir" in o for o in overrides) else []
+  proc = _cli(tmp_path / "run", *overrides, *extra, data_dir=tmp_path / "tfds")
   assert expected in _one_line_error(proc)
   assert not (tmp_path / "run").exists()
 
@@ -123,11 +125,7 @@ def test_cli_unlearning_stages_write_the_report(finished_run):
   workdir, _, _ = finished_run
   poisoned = json.loads((workdir / "poison" / "done.json").read_text())
   concepts = json.loads((workdir / "attribute" / "concepts.json").read_text())
-  # complement (the default): each forget image goes to the original's own next choices, never the forget class
-  assert poisoned["labels"] == "complement" and poisoned["forget_class"]["name"] not in poisoned["label_counts"]
-  assert sum(poisoned["label_counts"].values()) == poisoned["num_forget"]
-  assert sum(poisoned["mean_target"]) == pytest.approx(1.0, abs=1e-3)
-  assert poisoned["mean_target"][poisoned["forget_class"]["index"]] == 0.0
+  assert poisoned["label_counts"] == {concepts["donor"]["name"]: poisoned["num_forget"]}  # targeted
   report = json.loads((workdir / "report" / "report.json").read_text())
   assert report["models"] == ["original", "concept_poison", "finetune", "neggrad", "random_label", "salun",
                               "scrub", "ssd", "l1_sparse", "retrain"]
