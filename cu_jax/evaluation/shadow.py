@@ -105,14 +105,14 @@ def run_pair(recipe: ShadowRecipe, pair: int, seed: int, names: Sequence[str], f
     done[name] = conf
     logging.info("shadow pair %d: %s in %.1f s", pair, name, time.perf_counter() - t0)
 
-  todo = [n for n in [ORIGINAL, *names] if n not in done]
-  if todo:
+  todo = [n for n in names if n not in done]
+  if todo or ORIGINAL not in done:
     t0 = time.perf_counter()
     graphdef, params = _train(recipe, recipe.train_source, seed, folder / ORIGINAL, ("image", "label"),
                               f"shadow {pair} in")
-    record(ORIGINAL, confidence(params), t0)
-    todo = todo[1:] if todo[0] == ORIGINAL else todo
-    data = _for_model(recipe, params, set().union(*(methods.METHODS.get(n).needs for n in todo)))
+    if ORIGINAL not in done:
+      record(ORIGINAL, confidence(params), t0)
+    data = _for_model(recipe, params, methods.needs_of(todo))
     for name in todo:
       t1 = time.perf_counter()
       unlearned, _ = unlearn(graphdef, params, name, data, recipe.unlearn_cfg, recipe.data_cfg, recipe.mesh,

@@ -110,6 +110,11 @@ def register(name: str, *, needs: tuple[str, ...] = (), section: str | None = No
   return deco
 
 
+def needs_of(names) -> set[str]:
+  """Everything the methods `names` need beyond the samples (keys of `NEEDS`)."""
+  return set().union(*(METHODS.get(n).needs for n in names))
+
+
 def fine_tuning_set(name: str, data: UnlearnData, unlearn_cfg) -> dict[str, np.ndarray]:
   """The columns (image, target, ce_weight, kl_weight[, teacher]) method `name` fine-tunes on."""
   method = METHODS.get(name)

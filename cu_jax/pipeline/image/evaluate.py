@@ -111,7 +111,7 @@ def _ulira(ctx: Context, art: ImageArtifacts, graphdef) -> dict[str, dict]:
   recipe = shadow.ShadowRecipe(
       build_model=lambda seed: art.build_model(seed=seed), train_source=art.dataset.split("train"),
       retrain_columns=art.retrain_set(),
-      data=art.unlearn_data(set().union(*(methods.METHODS.get(n).needs for n in names))),
+      data=art.unlearn_data(methods.needs_of(names)),
       train_cfg=cfg.train, optim_cfg=cfg.optim, data_cfg=cfg.data, unlearn_cfg=cfg.unlearn, mesh=ctx.mesh,
       predict_step=steps.make_predict_step(graphdef, cfg.data, ctx.mesh), eval_batch_size=cfg.train.eval_batch_size,
       complement_temperature=cfg.poison.target_temperature if cfg.poison.labels == "complement" else None,

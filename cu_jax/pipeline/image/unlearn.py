@@ -48,7 +48,7 @@ def _unlearn_one(ctx: Context, art: ImageArtifacts, name: str, data: methods.Unl
 def run(ctx: Context) -> dict:
   art = ImageArtifacts(ctx)
   names = art.method_names()
-  needs = set().union(*(methods.METHODS.get(n).needs for n in names))
+  needs = methods.needs_of(names)
   data = art.unlearn_data(needs)
   graphdef, params = art.trained()
   summary = {}
