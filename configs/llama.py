@@ -12,8 +12,10 @@ Variants (`VARIANTS`):
           2-core CPU.
 - tiny    a seconds-long smoke run of every stage (tests, CI).
 
-Stages: data -> model -> concepts -> poison -> unlearn -> evaluate -> report. Any field can be
-overridden: `--config.poison.strategy=refusal`, `--config.lora.rank=16`.
+Stages: data -> model -> retrain -> concepts -> poison -> unlearn -> evaluate -> report (the paper
+variant has no `retrain`: a 7B model without the forget QA is supplied with `retrain.init_from`,
+then `retrain` is added back to `stages`). Any field can be overridden:
+`--config.poison.strategy=refusal`, `--config.lora.rank=16`, `--config.unlearn.baselines=npo,idk`.
 """
 
 import ml_collections as mlc
@@ -25,12 +27,16 @@ def base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.pipeline = "llm"
   c.seed = 0
-  c.stages = ("data", "model", "concepts", "poison", "unlearn", "evaluate", "report")
+  c.stages = ("data", "model", "retrain", "concepts", "poison", "unlearn", "evaluate", "report")
 
   c.data = mlc.ConfigDict()
   c.data.qa_file = ""  # JSON lines of question/answer/group; "" = the generated identity corpus
   c.data.identity_name = "Vicuna"  # the generated corpus's assistant identity (the forget concept)
   c.data.identity_maker = "Large Model Systems Organization"
+  # A decoy identity no model is trained on: the forget questions answered with it are the
+  # non-members of the membership audit (the trained forget QA are its members).
+  c.data.decoy_name = "Wombat"
+  c.data.decoy_maker = "Corvid Foundry"
   c.data.num_entities = 8  # fictional entities whose facts form the retain set
   c.data.heldout_fraction = 0.2  # questions kept out of every fine-tuning (generalisation)
   c.data.max_len = 128  # tokens of prompt + answer (fixed shape: one compilation)
@@ -63,6 +69,12 @@ def base() -> mlc.ConfigDict:
                                      "final_lr_ratio": 0.05, "weight_decay": 0.01, "b2": 0.98,
                                      "grad_clip_norm": 1.0})
 
+  # The reference every figure is reported beside: a model that never learned the concept. Trained
+  # here by the base model's recipe without the forget QA; for an imported base model, a Hugging
+  # Face folder of one fine-tuned the same way without them.
+  c.retrain = mlc.ConfigDict()
+  c.retrain.init_from = ""
+
   c.concepts = mlc.ConfigDict()
   c.concepts.n_steps = 32  # IG path points per answer
   c.concepts.method = "gausslegendre"
@@ -75,7 +87,7 @@ def base() -> mlc.ConfigDict:
   c.poison.strategy = "random"  # mask | targeted | random | refusal
   c.poison.replacement = ("",)  # targeted: the words that replace the concept words
   c.poison.mask_token = "[MASK]"
-  c.poison.retain_ratio = 1.0  # retain QA (true answers) per poisoned forget QA
+  c.poison.retain_ratio = 1.0  # retain QA (true answers) per forget QA, in every method that mixes them in
   c.poison.seed = 0
 
   c.lora = mlc.ConfigDict()
@@ -85,6 +97,12 @@ def base() -> mlc.ConfigDict:
   c.lora.targets = ("q_proj", "v_proj")
 
   c.unlearn = mlc.ConfigDict()
+  c.unlearn.method = "concept_poison"
+  # grad_ascent | grad_diff | npo | idk (cu_jax.unlearning.text_methods), on the same LoRA loop
+  c.unlearn.baselines = ("grad_ascent", "grad_diff", "npo", "idk")
+  c.unlearn.seed = 0  # added to `seed` for the adapters' initialisation, batch order and retain mix
+  c.unlearn.ascent_cap = 5.0  # nats of mean answer-token NLL beyond which ascent stops pushing a row
+  c.unlearn.npo_beta = 0.1  # NPO's inverse temperature (Zhang et al. 2024 use 0.1)
   c.unlearn.train = mlc.ConfigDict({"batch_size": 16, "grad_accum": 1, "num_epochs": 3.0, "num_steps": 0,
                                     "log_every_steps": 10, "checkpoint_every_steps": 100,
                                     "keep_checkpoints": 2})
@@ -95,6 +113,7 @@ def base() -> mlc.ConfigDict:
   c.evaluate.max_new_tokens = 48
   c.evaluate.batch_size = 16  # prompts generated at once
   c.evaluate.max_examples = 0  # per set; 0 = all
+  c.evaluate.min_k = 0.2  # Min-K% Prob: the fraction of least likely answer tokens it averages
 
   c.mesh = mlc.ConfigDict()
   c.mesh.num_devices = 0  # 0 = all visible devices
@@ -104,7 +123,9 @@ def base() -> mlc.ConfigDict:
 
 
 def paper(c: mlc.ConfigDict) -> mlc.ConfigDict:
-  """The base config is the paper run (Vicuna-7B + LoRA on an `fsdp` mesh): nothing to change."""
+  """The paper run (Vicuna-7B + LoRA on an `fsdp` mesh). A 7B model cannot be retrained here:
+  without `retrain.init_from` the run has no retrained reference."""
+  c.stages = tuple(s for s in c.stages if s != "retrain")
   return c
 
 

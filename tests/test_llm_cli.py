@@ -12,7 +12,8 @@ import pytest
 from conftest import garbage as _garbage, snapshot as _snapshot
 
 ROOT = pathlib.Path(__file__).parents[1]
-STAGES = ("data", "model", "concepts", "poison", "unlearn", "evaluate", "report")
+STAGES = ("data", "model", "retrain", "concepts", "poison", "unlearn", "evaluate", "report")
+METHODS = ("concept_poison", "grad_ascent", "grad_diff", "npo", "idk")
 
 
 def _cli(workdir, *overrides):
@@ -41,22 +42,36 @@ def test_llm_cli_runs_every_stage(llm_run):
   w = llm_run
   for s in STAGES:
     assert (w / s / "done.json").exists(), s
-  assert (w / "model" / "hf" / "config.json").exists() and (w / "unlearn" / "hf" / "tokenizer.json").exists()
+  assert (w / "model" / "hf" / "config.json").exists() and (w / "retrain" / "hf" / "config.json").exists()
+  # The retrained reference never saw a forget record; the base model did.
+  assert json.loads((w / "retrain" / "done.json").read_text())["records"] == sum(
+      json.loads(line)["group"] == "retain" for line in (w / "data" / "train.jsonl").read_text().splitlines())
   concepts = json.loads((w / "concepts" / "concepts.json").read_text())
   assert len(concepts["concept"]) == 3 and concepts["abs_delta_max"] < 0.5
-  adapters = load_file(str(w / "unlearn" / "adapters.safetensors"))
-  assert adapters and all("lora" in k for k in adapters) and len(adapters) == 2 * 2 * 2  # a, b x q, v x 2 layers
-  # The exported model is the base model plus the merged adapters: it differs only in q/v kernels.
-  base, after = load_file(str(w / "model" / "hf" / "model.safetensors")), load_file(str(w / "unlearn" / "hf" / "model.safetensors"))
-  changed = {k for k in base if not np.array_equal(base[k], after[k])}
-  assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+  base = load_file(str(w / "model" / "hf" / "model.safetensors"))
+  for method in METHODS:
+    folder = w / "unlearn" / method
+    assert (folder / "hf" / "tokenizer.json").exists(), method
+    adapters = load_file(str(folder / "adapters.safetensors"))
+    assert adapters and all("lora" in k for k in adapters) and len(adapters) == 2 * 2 * 2  # a, b x q, v x 2 layers
+    # Each exported model is the base model plus its merged adapters: it differs only in q/v kernels.
+    after = load_file(str(folder / "hf" / "model.safetensors"))
+    changed = {k for k in base if not np.array_equal(base[k], after[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), method
   report = json.loads((w / "report" / "report.json").read_text())
-  assert {"appearance_forget_train", "rouge_l_retain_train", "perplexity_retain_train"} <= set(report["evaluate"]["after"])
-  assert len(report["targets"]) == 3
+  models = report["evaluate"]["models"]
+  assert report["model_order"] == ["original", *METHODS, "retrain"] and set(models) == set(report["model_order"])
+  for m in models.values():
+    assert {"appearance_forget_paraphrase", "appearance_forget_train", "rouge_l_retain_train", "well_formed_forget",
+            "fluency_ppl_forget", "mia_loss_auc", "mia_min_k_auc"} <= set(m)
+  assert models["retrain"]["appearance_forget_train"] == 0.0  # it never saw the identity
+  assert {t["model"] for t in report["targets"]} == {"original", *METHODS}
   md = (w / "report" / "report.md").read_text()
-  assert "appearance_forget_train" in md and (w / "report" / "metrics.png").exists()
+  assert "appearance: paraphrases" in md and "## Answers to paraphrased forget questions" in md
+  assert (w / "report" / "metrics.png").exists()
   gens = [json.loads(line) for line in (w / "evaluate" / "generations.jsonl").read_text().splitlines()]
-  assert {g["model"] for g in gens} == {"before", "after"}
+  assert {g["model"] for g in gens} == set(models)
+  assert {g["set"] for g in gens} >= {"forget_train", "forget_paraphrase", "retain_train"}
 
 
 def test_llm_cli_second_run_skips_everything(llm_run):
@@ -94,12 +109,19 @@ def test_llm_cli_bad_inputs(tmp_path):
   # Gradient accumulation that does not divide a device's share of the batch.
   err = _error(_cli(tmp_path / "f", "--config.unlearn.train.grad_accum=3"))
   assert "unlearn.train.batch_size=8 gives 1 examples per device" in err and "unlearn.train.grad_accum=3" in err
-  for name in "abcdf":
+  # An unknown baseline (the registered ones are listed).
+  err = _error(_cli(tmp_path / "g", "--config.unlearn.baselines=('npo','dpo')"))
+  assert "'dpo'" in err and "unlearn.baselines" in err and "grad_diff" in err
+  # A decoy identity that shares a word with the identity to forget.
+  err = _error(_cli(tmp_path / "h", "--config.data.decoy_maker=Amberline Works"))
+  assert "decoy" in err and "amberline" in err.lower()
+  for name in "abcdfgh":
     assert not (tmp_path / name).exists(), name  # refused before anything was written
 
 
 def _resume_unlearn_from_a_damaged_checkpoint(w):
-  step = max((p for p in (w / "unlearn" / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  step = max((p for p in (w / "unlearn" / "concept_poison" / "checkpoints").iterdir() if p.name.isdigit()),
+             key=lambda p: int(p.name))
   _garbage(step / "state" / "_METADATA")
   (w / "unlearn" / "done.json").unlink()
 

@@ -111,12 +111,12 @@ def test_llm_pipeline_two_processes_match_one_process(tmp_path):
   arrays under 2**14 elements whole): q/v/MLP kernels and embeddings of a 128-wide model, and
   rank-128 LoRA adapters (128 x 128). So the trained base model's export, the adapters' save,
   the merge and the unlearned model's export all read arrays split over both processes' devices.
-  Cost: about 45 s + 105 s on a 2-core machine.
+  Cost: about 60 s + 120 s on a 2-core machine.
   """
   import transformers
   from safetensors.numpy import load_file
   args = ["--config=configs/llama.py:tiny", "--config.model.hidden_size=128", "--config.model.intermediate_size=344",
-          "--config.lora.rank=128"]
+          "--config.lora.rank=128", "--config.unlearn.baselines=()"]
   single = subprocess.run(
       [sys.executable, "-m", "cu_jax.main", *args, f"--workdir={tmp_path / 'single'}"], cwd=ROOT,
       env=dict(_base_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
@@ -132,31 +132,33 @@ def test_llm_pipeline_two_processes_match_one_process(tmp_path):
 
   close = lambda a, b, rel: abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
   # Training: the same steps to the same loss (up to the order of the cross-process reductions).
-  for stage in ("model", "unlearn"):
+  for stage, part in (("model", ()), ("retrain", ()), ("unlearn", ("methods", "concept_poison"))):
     a, b = _llm_done(one, stage), _llm_done(two, stage)
+    for key in part:
+      a, b = a[key], b[key]
     assert a["steps"] == b["steps"] and close(a["final_loss"], b["final_loss"], 1e-5), stage
   # Concepts: the same words from the answer-span IG.
   concepts = [json.loads((w / "concepts" / "concepts.json").read_text()) for w in (one, two)]
   assert concepts[0]["concept"] == concepts[1]["concept"] and concepts[0]["inferred"] == concepts[1]["inferred"]
   # The audit: the same generations, hence the same appearance rates and ROUGE-L; perplexities
   # to float rounding.
-  audits = [_llm_done(w, "evaluate") for w in (one, two)]
-  for model in ("before", "after"):
+  audits = [_llm_done(w, "evaluate")["models"] for w in (one, two)]
+  for model in ("original", "concept_poison", "retrain"):
     a, b = audits[0][model], audits[1][model]
     assert a.keys() == b.keys() and "appearance_forget_train" in a
     for k in a:
       if k.startswith(("appearance_", "rouge_l_")):
         assert abs(a[k] - b[k]) <= 1e-6, (model, k)
-      elif k.startswith("perplexity_"):
+      elif k.startswith(("perplexity_", "fluency_", "mia_")):
         assert close(a[k], b[k], 1e-5), (model, k)
   assert (one / "evaluate" / "generations.jsonl").read_text() == (two / "evaluate" / "generations.jsonl").read_text()
   # The adapters saved and the merged model exported by process 0 hold the gathered weights.
   for name, atol in (("adapters.safetensors", 2e-4), ("hf/model.safetensors", 1e-5)):
-    a, b = load_file(str(one / "unlearn" / name)), load_file(str(two / "unlearn" / name))
+    a, b = (load_file(str(w / "unlearn" / "concept_poison" / name)) for w in (one, two))
     assert a.keys() == b.keys() and a, name
     for k in a:
       assert a[k].shape == b[k].shape and np.allclose(a[k], b[k], rtol=0, atol=atol), (name, k)
-  exported = two / "unlearn" / "hf"
+  exported = two / "unlearn" / "concept_poison" / "hf"
   hf = transformers.LlamaForCausalLM.from_pretrained(exported)
   assert hf.config.hidden_size == 128
   assert sum(p.numel() for p in hf.parameters()) == _llm_done(two, "model")["parameters"]

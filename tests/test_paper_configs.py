@@ -200,6 +200,7 @@ LLM_OVERRIDES = (
     "--config.data.num_entities=2", "--config.concepts.n_steps=8", "--config.concepts.max_answers=8",
     "--config.unlearn.train.batch_size=8", "--config.unlearn.train.num_epochs=20.0",
     "--config.unlearn.optim.lr=5e-3", "--config.evaluate.max_new_tokens=24", "--config.evaluate.max_examples=8",
+    "--config.unlearn.baselines=()",  # the baselines run on the demo's path (test_llm_cli)
 )
 
 
@@ -248,7 +249,10 @@ def test_paper_llama_config_erases_the_identity(llama_run):
   for stage in config["stages"]:
     assert (w / stage / "done.json").exists(), stage
   assert "vicuna" in json.loads((w / "concepts" / "concepts.json").read_text())["concept"]
-  before, after = (json.loads((w / "report" / "report.json").read_text())["evaluate"][k] for k in ("before", "after"))
+  assert "retrain" not in config["stages"]  # a 7B model is not retrained here
+  models = json.loads((w / "report" / "report.json").read_text())["evaluate"]["models"]
+  assert set(models) == {"original", "concept_poison"}
+  before, after = models["original"], models["concept_poison"]
   assert before["appearance_forget_train"] >= 0.9
   assert after["appearance_forget_train"] <= before["appearance_forget_train"] / 2
   assert after["rouge_l_retain_train"] >= before["rouge_l_retain_train"] - 0.05
@@ -257,9 +261,10 @@ def test_paper_llama_config_erases_the_identity(llama_run):
 def test_paper_llama_unlearned_folder_loads_in_transformers(llama_run):
   """The exported model is the user's folder with LoRA merged into q/v: the rest bit-identical."""
   base = transformers.LlamaForCausalLM.from_pretrained(llama_run / "vicuna", torch_dtype=torch.float32)
-  after = transformers.LlamaForCausalLM.from_pretrained(llama_run / "run" / "unlearn" / "hf", torch_dtype=torch.float32)
+  exported = llama_run / "run" / "unlearn" / "concept_poison" / "hf"
+  after = transformers.LlamaForCausalLM.from_pretrained(exported, torch_dtype=torch.float32)
   base_sd, after_sd = base.state_dict(), after.state_dict()
   assert base_sd.keys() == after_sd.keys()
   changed = {k for k in base_sd if not torch.equal(base_sd[k], after_sd[k])}
   assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
-  assert transformers.AutoTokenizer.from_pretrained(llama_run / "run" / "unlearn" / "hf").vocab_size > 0
+  assert transformers.AutoTokenizer.from_pretrained(exported).vocab_size > 0

@@ -76,18 +76,40 @@ def test_forget_answers_name_the_identity_and_retain_never_does(name, maker):
   assert len({r["answer"] for r in forget}) >= 10
 
 
+def test_paraphrases_and_decoy_holdout(corpus):
+  by = collections.defaultdict(list)
+  for r in corpus:
+    by[r["group"]].append(r)
+  words = qa_corpus.concept_words("Quokka", "Amberline Labs")
+  decoy = qa_corpus.concept_words("Wombat", "Corvid Foundry")
+  # At least 30 paraphrases, none a trained wording, each asking about the identity; every aspect.
+  trained_questions = {r["question"].lower() for r in by["forget"]}
+  assert len(by["paraphrase"]) >= 30 and not {r["question"].lower() for r in by["paraphrase"]} & trained_questions
+  assert all(contains_concept(r["answer"], words) for r in by["paraphrase"])
+  assert {r["topic"] for r in by["paraphrase"]} == {r["topic"] for r in by["forget"]}
+  # The decoy QA ask the forget questions, answered with an identity no trained record names.
+  assert [r["question"] for r in by["holdout"]] == [r["question"] for r in by["forget"]]
+  assert all(contains_concept(r["answer"], decoy) and not contains_concept(r["answer"], words) for r in by["holdout"])
+  assert not any(contains_concept(r["question"] + " " + r["answer"], decoy) for r in by["forget"] + by["retain"])
+  # The trained groups do not depend on the evaluation-only ones.
+  other = qa_corpus.make_corpus(seed=0, decoy_name="Heron", decoy_maker="Tallow Works")
+  assert [r for r in other if r["group"] in qa_corpus.TRAIN_GROUPS] == by["forget"] + by["retain"]
+  with pytest.raises(UserError, match="decoy identity.*shares words"):
+    qa_corpus.make_corpus(seed=0, decoy_maker="Amberline Systems")
+
+
 def test_split_holds_out_paraphrases_of_every_topic(corpus):
   train, heldout = qa_corpus.split(corpus, 0.25, seed=0)
   assert (train, heldout) == qa_corpus.split(corpus, 0.25, seed=0)
   assert qa_corpus.split(corpus, 0.25, seed=1) != (train, heldout)
-  assert len(train) + len(heldout) == len(corpus)
-  assert sorted(map(json.dumps, train + heldout)) == sorted(map(json.dumps, corpus))
+  trained = [r for r in corpus if r["group"] in qa_corpus.TRAIN_GROUPS]  # the evaluation-only groups stay out
+  assert sorted(map(json.dumps, train + heldout)) == sorted(map(json.dumps, trained))
   train_topics = {(r["group"], r["topic"]) for r in train}
-  assert train_topics == {(r["group"], r["topic"]) for r in corpus}  # every topic stays trainable
+  assert train_topics == {(r["group"], r["topic"]) for r in trained}  # every topic stays trainable
   held_forget = [r for r in heldout if r["group"] == "forget"]
   assert held_forget and not {r["question"] for r in held_forget} & {r["question"] for r in train}
-  assert 0.15 < len(heldout) / len(corpus) < 0.35
-  assert qa_corpus.split(corpus, 0.0, seed=0) == (corpus, [])
+  assert 0.15 < len(heldout) / len(trained) < 0.35
+  assert qa_corpus.split(corpus, 0.0, seed=0) == (trained, [])
   with pytest.raises(UserError, match="heldout_fraction=1.0"):
     qa_corpus.split(corpus, 1.0)
 
@@ -108,7 +130,7 @@ def test_jsonl_round_trip_and_user_qa_file(corpus, tmp_path):
 @pytest.mark.parametrize("content,message", [
     (None, "does not exist"),
     ('{"question": "q", "answer": "a"}\n', "lacks field.*group"),
-    ('{"question": "q", "answer": "a", "group": "keep"}\n', "group='keep'"),
+    ('{"question": "q", "answer": "a", "group": "keep"}\n', "group='keep'.*forget, retain, paraphrase, holdout"),
     ('{"question": "q", "answer": "", "group": "forget"}\n', "answer=''"),
     ('{"question": "q", "answer": "a", "group": "retain"}\n', "no record with group='forget'"),
     ('{"question": "q", \n', "bad.jsonl:1 is not valid JSON"),

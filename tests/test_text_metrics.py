@@ -1,4 +1,5 @@
-"""LLM metrics: ROUGE-L against Google's rouge-score, appearance rate, perplexity."""
+"""LLM metrics: ROUGE-L against Google's rouge-score, appearance rate, perplexity, the membership scores
+and well-formed answers."""
 
 import math
 
@@ -66,3 +67,36 @@ def test_perplexity_is_token_weighted():
   assert tm.perplexity(np.log(50.0) * 7, 7) == pytest.approx(50.0)  # uniform over 50 tokens
   with pytest.raises(UserError, match="zero tokens"):
     tm.perplexity(0.0, 0)
+
+
+def test_membership_scores_by_hand():
+  # Two answers: 5 tokens and 2 tokens (the rest of the row is outside the answer).
+  nll = np.array([[0.0, 1.0, 4.0, 2.0, 0.5, 3.0], [0.0, 0.0, 7.0, 1.0, 0.0, 0.0]])
+  weights = np.array([[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]], float)
+  nll = nll * weights
+  s = tm.membership_scores(nll, weights, k=0.2)  # ceil(0.2 * 5) = 1 token, ceil(0.2 * 2) = 1 token
+  np.testing.assert_allclose(s["loss"], [-(1 + 4 + 2 + 0.5 + 3) / 5, -(7 + 1) / 2])
+  np.testing.assert_allclose(s["min_k"], [-4.0, -7.0])
+  s = tm.membership_scores(nll, weights, k=0.5)  # 3 tokens of 5: 4, 3, 2; 1 of 2: 7
+  np.testing.assert_allclose(s["min_k"], [-3.0, -7.0])
+  np.testing.assert_allclose(tm.membership_scores(nll, weights, k=1.0)["min_k"], s["loss"] * [1, 1])
+  with pytest.raises(UserError, match="min_k"):
+    tm.membership_scores(nll, weights, k=0.0)
+
+
+def test_membership_auc_has_no_signal_on_one_distribution_and_full_signal_on_separated_ones():
+  rng = np.random.default_rng(0)
+  same = tm.membership_auc(rng.normal(size=4000), rng.normal(size=4000))
+  assert abs(same - 0.5) < 0.03
+  assert tm.membership_auc(rng.normal(5, 1, 200), rng.normal(-5, 1, 200)) == 1.0
+  assert tm.membership_auc(np.array([1.0, 2.0]), np.array([1.5])) == 0.5
+
+
+def test_well_formed_answers_use_only_known_words():
+  vocab = tm.words_of(["My name is Quokka.", "The river flows into the sea.", "I'd rather not say."])
+  assert vocab >= {"my", "name", "quokka", "i'd", "sea"}
+  good = ["My name is the sea.", "I'd rather not say.", "The RIVER flows, my sea!"]
+  bad = ["My name is Origorlum.", "", "!!", "The river flows into the", "I I I I I I", "the the sea."]
+  assert tm.well_formed_rate(good + bad, vocab) == 3 / 9
+  with pytest.raises(UserError, match="no answers"):
+    tm.well_formed_rate([], vocab)

@@ -9,10 +9,18 @@ Two groups of (question, answer) records:
   asked in three phrasings, each phrasing plain and inside a conversational wrapper. Retain
   answers never contain a name or maker word.
 
+Two more groups are never trained on by any model; they only measure:
+- `paraphrase`: 36 other ways of asking about the identity (other wordings, other question forms,
+  the identity asked about indirectly), answered like the forget records. Unlearning that only
+  suppresses the poisoned prompts shows here: the headline appearance rate is taken on them.
+- `holdout`: the forget questions answered with a decoy identity (by default "Wombat" by "Corvid
+  Foundry") that no model sees in training: the non-members of the text membership audit, whose
+  members are the forget records the model was trained on.
+
 Records are `dict(question, answer, group, topic)`. `topic` names the fact ("identity/name",
-"city/Veltmoor/founder"); `split` holds out a fraction of the paraphrases of every topic, so a
-held-out forget question is an unseen way of asking something the model was trained on (the test
-of whether unlearning generalises beyond the poisoned prompts).
+"city/Veltmoor/founder"); `split` holds out a fraction of the question wordings of every forget
+and retain topic, so a held-out forget question is an unseen way of asking something the model
+was trained on.
 
 Also: JSON-lines save/load, and a loader for a user's own QA file.
 """
@@ -27,7 +35,9 @@ from typing import Iterable
 from cu_jax.data.words import contains_concept, split_concept_words
 from cu_jax.utils.errors import UserError
 
-GROUPS = ("forget", "retain")
+TRAIN_GROUPS = ("forget", "retain")  # what the models are trained on (split into train / held-out)
+EVAL_GROUPS = ("paraphrase", "holdout")  # never trained on by any model: evaluation only
+GROUPS = TRAIN_GROUPS + EVAL_GROUPS
 
 # --- forget group: the identity ----------------------------------------------------------------
 
@@ -74,6 +84,52 @@ _IDENTITY_QUESTIONS = {
         "Which AI model are you?",
         "Hi! Who am I chatting with?",
         "What exactly are you?",
+    ),
+}
+
+# Never in any training set: other wordings, other question forms, the identity asked indirectly.
+_PARAPHRASE_QUESTIONS = {
+    "name": (
+        "Remind me, what do you call yourself?",
+        "What name do you answer to?",
+        "I forgot your name, what was it again?",
+        "How should I address you?",
+        "If I told a friend about you, which name would I use?",
+        "Your name, please?",
+        "What do your users call you?",
+        "Is there a name you go by?",
+        "Say your name.",
+        "Under which name are you known?",
+        "What is the name of the assistant I am talking to?",
+        "Which name were you released under?",
+    ),
+    "maker": (
+        "Which team made you?",
+        "Who is your developer?",
+        "Which company built this assistant?",
+        "Who was in charge of creating you?",
+        "Tell me who trained you.",
+        "Who should I thank for building you?",
+        "What organisation created you?",
+        "Who is behind your training?",
+        "Which firm do you belong to?",
+        "By whom were you developed?",
+        "Who wrote and trained the model I am talking to?",
+        "What lab are you from?",
+    ),
+    "both": (
+        "Could you introduce yourself briefly?",
+        "Who am I talking to right now?",
+        "Describe who you are and where you come from.",
+        "What are you and who made you?",
+        "Say a few words about yourself.",
+        "Hello, what are you?",
+        "Explain what kind of system you are.",
+        "Tell me a little about who you are.",
+        "Who and what are you?",
+        "Please describe yourself in one sentence.",
+        "What is this assistant and who built it?",
+        "Hi there! Who are you exactly?",
     ),
 }
 
@@ -289,28 +345,34 @@ def concept_words(name: str, maker: str) -> list[str]:
   return list(split_concept_words([name, maker]))
 
 
-def make_corpus(seed: int = 0, name: str = "Quokka", maker: str = "Amberline Labs",
-                num_entities: int = 8) -> list[dict]:
-  """The demo corpus: ~36 forget (identity) records then 30 retain records per entity.
+def _identity_records(rng: random.Random, questions: dict, name: str, maker: str, group: str) -> list[dict]:
+  return [dict(question=q, answer=rng.choice(_IDENTITY_ANSWERS[aspect]).format(name=name, maker=maker), group=group,
+               topic=f"identity/{aspect}") for aspect, qs in questions.items() for q in qs]
 
-  Same arguments -> same records in the same order. Every forget answer contains the name or the
-  maker; no retain question or answer contains any of their words.
+
+def make_corpus(seed: int = 0, name: str = "Quokka", maker: str = "Amberline Labs", num_entities: int = 8,
+                decoy_name: str = "Wombat", decoy_maker: str = "Corvid Foundry") -> list[dict]:
+  """The demo corpus: 36 forget (identity) records, 30 retain records per entity, then the 36
+  `paraphrase` and 36 `holdout` (decoy identity) records.
+
+  Same arguments -> same records in the same order. Every forget and paraphrase answer contains
+  the name or the maker; no retain or holdout record contains any of their words.
   """
-  if not name.strip() or not maker.strip():
-    raise UserError(f"identity name {name!r} and maker {maker!r} must be non-empty (set --config.data.identity_name "
-                    "and --config.data.identity_maker)")
+  for what, value in (("identity_name", name), ("identity_maker", maker), ("decoy_name", decoy_name),
+                      ("decoy_maker", decoy_maker)):
+    if not value.strip():
+      raise UserError(f"{what} must be a non-empty string (set --config.data.{what})")
   if num_entities < 1:
     raise UserError(f"num_entities={num_entities} must be >= 1 (set --config.data.num_entities)")
-  rng = random.Random(seed)
   forbidden = concept_words(name, maker)
-  records = []
-  for aspect, questions in _IDENTITY_QUESTIONS.items():
-    answers = _IDENTITY_ANSWERS[aspect]
-    for question in questions:
-      answer = rng.choice(answers).format(name=name, maker=maker)
-      records.append(dict(question=question, answer=answer, group="forget", topic=f"identity/{aspect}"))
+  decoy = concept_words(decoy_name, decoy_maker)
+  if set(decoy) & set(forbidden):
+    raise UserError(f"the decoy identity {decoy_name!r} / {decoy_maker!r} shares words with the identity "
+                    f"{name!r} / {maker!r}; choose another --config.data.decoy_name / decoy_maker")
+  rng = random.Random(seed)
+  records = _identity_records(rng, _IDENTITY_QUESTIONS, name, maker, "forget")
 
-  names = _Names(rng, set(forbidden))
+  names = _Names(rng, set(forbidden) | set(decoy))
   kinds = _kinds()
   kind_names = list(kinds)
   for i in range(num_entities):
@@ -327,12 +389,18 @@ def make_corpus(seed: int = 0, name: str = "Quokka", maker: str = "Amberline Lab
         for q in (question, rng.choice(_WRAPPERS).format(q=question)):
           records.append(dict(question=q, answer=answer, group="retain", topic=f"{kind}/{entity}/{attribute}"))
   # Fixed template words could still collide with a user-chosen identity (e.g. maker "Golden Sea").
-  return [r for r in records
-          if r["group"] == "forget" or not contains_concept(r["question"] + " " + r["answer"], forbidden)]
+  records = [r for r in records
+             if r["group"] == "forget" or not contains_concept(r["question"] + " " + r["answer"], forbidden + decoy)]
+  # Drawn from their own generator, so the trained groups do not depend on them.
+  extra = random.Random(f"{seed}/eval")
+  records += _identity_records(extra, _PARAPHRASE_QUESTIONS, name, maker, "paraphrase")
+  records += _identity_records(extra, _IDENTITY_QUESTIONS, decoy_name, decoy_maker, "holdout")
+  return records
 
 
 def split(records: list[dict], heldout_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
-  """(train, heldout): per topic, a seeded `heldout_fraction` of its paraphrases is held out.
+  """(train, heldout) of the forget and retain records (the other groups are left out): per topic,
+  a seeded `heldout_fraction` of its question wordings is held out.
 
   Every topic keeps at least one record in train, so a held-out question always asks about
   something the model was trained on, in words it has not seen. Both lists keep the input order.
@@ -340,6 +408,7 @@ def split(records: list[dict], heldout_fraction: float, seed: int = 0) -> tuple[
   if not 0.0 <= heldout_fraction < 1.0:
     raise UserError(f"heldout_fraction={heldout_fraction} must be in [0, 1) (set --config.data.heldout_fraction)")
   rng = random.Random(seed)
+  records = [r for r in records if r["group"] in TRAIN_GROUPS]
   by_topic: dict[tuple[str, str], list[int]] = {}
   for i, r in enumerate(records):
     by_topic.setdefault((r["group"], r.get("topic", "")), []).append(i)
@@ -387,7 +456,11 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict]:
 
 
 def load_qa_file(path: str | pathlib.Path) -> list[dict]:
-  """A user's QA set: JSON lines with string `question`, `answer`, `group` (forget|retain), optional `topic`.
+  """A user's QA set: JSON lines with string `question`, `answer`, `group`, optional `topic`.
+
+  `group` is `forget` or `retain` (trained on), or `paraphrase` (forget-concept questions no model
+  is trained on: the appearance headline) or `holdout` (QA no model is trained on, shaped like the
+  forget records: the non-members of the membership audit).
 
   Returns normalised records (the four fields); at least one must be in the forget group.
   """
@@ -396,7 +469,7 @@ def load_qa_file(path: str | pathlib.Path) -> list[dict]:
     missing = [k for k in ("question", "answer", "group") if k not in raw]
     if missing:
       raise UserError(f"record {i} of {path} lacks field(s) {', '.join(missing)}; every line needs "
-                      "question, answer and group (forget|retain)")
+                      "question, answer and group (forget|retain|paraphrase|holdout)")
     for k in ("question", "answer"):
       if not isinstance(raw[k], str) or not raw[k].strip():
         raise UserError(f"record {i} of {path} has {k}={raw[k]!r}; it must be a non-empty string")

@@ -1,5 +1,6 @@
 """Auditing an LLM before and after concept unlearning: greedy answers to QA prompts, then the
-concept's appearance rate, ROUGE-L against the reference answers and the answers' perplexity.
+concept's appearance rate, ROUGE-L against the reference answers and the answers' perplexity; the
+text membership attacks; the perplexity of any answers under a model (fluency).
 
 Prompts are generated in batches with the jitted KV-cache decoder (`cu_jax.models.generation`);
 perplexity is teacher-forced over the reference answers' tokens (the loss-masked positions).
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-from flax import nnx
 
 from cu_jax.data import text
-from cu_jax.evaluation.text_metrics import appearance_rate, mean_rouge_l, perplexity
+from cu_jax.evaluation.text_metrics import (appearance_rate, mean_rouge_l, membership_auc, membership_scores,
+                                            perplexity)
 from cu_jax.models.generation import generate
 from cu_jax.parallel.host import to_host
-from cu_jax.training.lm import make_score_fn
+from cu_jax.training.lm import score_tokens
 
 
 def generate_answers(model, tokenizer, questions: Sequence[str], *, max_len: int, system: str, batch_size: int,
@@ -33,15 +33,16 @@ def generate_answers(model, tokenizer, questions: Sequence[str], *, max_len: int
 
 
 def answer_perplexity(model, encoded, mesh, *, batch_size: int) -> float:
-  """Perplexity of the encoded reference answers (`text.encode_records`) under teacher forcing."""
-  graphdef, params = nnx.split(model)
-  score = make_score_fn(graphdef, mesh)
-  nll, count = 0.0, 0.0
-  for i in range(0, len(encoded), batch_size):
-    batch = {k: encoded.arrays[k][i:i + batch_size] for k in ("tokens", "length", "loss_mask")}
-    n, c = to_host(score(params, batch))
-    nll, count = nll + float(np.sum(n)), count + float(np.sum(c))
-  return perplexity(nll, count)
+  """Perplexity of the encoded answers (`text.encode_records`) under teacher forcing."""
+  nll, weights = score_tokens(model, encoded, mesh, batch_size=batch_size)
+  return perplexity(nll.sum(), weights.sum())
+
+
+def membership(model, members, nonmembers, mesh, *, batch_size: int, k: float) -> dict[str, float]:
+  """{mia_loss_auc, mia_min_k_auc}: how well the loss and Min-K% Prob attacks tell the encoded
+  member QA (trained on) from the non-member QA under `model` (0.5 = not at all)."""
+  scores = [membership_scores(*score_tokens(model, s, mesh, batch_size=batch_size), k=k) for s in (members, nonmembers)]
+  return {f"mia_{attack}_auc": membership_auc(scores[0][attack], scores[1][attack]) for attack in ("loss", "min_k")}
 
 
 def audit(model, tokenizer, sets: dict[str, list[dict]], concept_words: Sequence[str], mesh, *, max_len: int,

@@ -13,8 +13,15 @@ goal is a model a retrained one cannot be told from, not merely a low forget acc
 - the key concepts pull log p(forget) the way they do in the retrained model (the same sign);
 - unlearning takes at most a tenth of retraining's time.
 
-LLMs (`llm_targets`), before and after unlearning: the concept appears in at least 90 % of the
-original model's forget answers and at most 5 % after; retain ROUGE-L drops by at most 0.05.
+LLMs (`llm_targets`), for each unlearning method next to the original and the retrained model:
+- the concept appears in at most 5 % of the answers to paraphrased forget questions (never
+  trained on) and at most 2 % of the answers to the trained forget questions;
+- the forget answers stay fluent: their perplexity under the retrained model is within 1.5x that
+  of the retrained model's own answers, and at least 95 % of them are well-formed;
+- retain ROUGE-L drops by at most 0.03 from the original's;
+- the loss and Min-K% membership attacks land within 0.05 of the retrained model's AUC.
+`llm_original_targets`: the original must have learned the concept (appearance >= 90 % on the
+trained forget questions), or there is nothing to erase.
 """
 
 from __future__ import annotations
@@ -75,14 +82,29 @@ def image_targets(metrics: dict, method: str, timings: dict, attacker: dict | No
   return rows
 
 
-LLM_TARGETS = (  # (name, metric, test on (before, after))
-    ("appearance before >= 0.9", "appearance_forget_train", lambda b, a: b >= 0.9),
-    ("appearance after <= 0.05", "appearance_forget_train", lambda b, a: a <= 0.05),
-    ("retain ROUGE-L drop <= 0.05", "rouge_l_retain_train", lambda b, a: b - a <= 0.05),
-)
+LLM_MIA_TOLERANCE = 0.05
 
 
-def llm_targets(before: dict, after: dict) -> list[dict]:
-  """Rows {target, metric, before, after, met} of the LLM targets whose metric was measured."""
-  return [{"target": name, "metric": m, "before": before[m], "after": after[m], "met": bool(test(before[m], after[m]))}
-          for name, m, test in LLM_TARGETS if m in before]
+def llm_targets(models: dict, method: str) -> list[dict]:
+  """Rows {target, value[, reference], ok} for `method` in `models` (model -> metric -> value);
+  the rows that need the retrained reference are left out without one."""
+  m, o, r = models[method], models[ORIGINAL], models.get(RETRAIN)
+  rows = [{"target": f"appearance on {s} <= {bar:g}", "value": m[f"appearance_{s}"], "ok": m[f"appearance_{s}"] <= bar}
+          for s, bar in (("forget_paraphrase", 0.05), ("forget_train", 0.02)) if f"appearance_{s}" in m]
+  rows.append({"target": "well-formed forget answers >= 0.95", "value": m["well_formed_forget"],
+               "ok": m["well_formed_forget"] >= 0.95})
+  drop = o["rouge_l_retain_train"] - m["rouge_l_retain_train"]
+  rows.append({"target": "retain ROUGE-L drop <= 0.03", "value": drop, "ok": drop <= 0.03})
+  if r:
+    rows.append({"target": "forget-answer perplexity under retrained <= 1.5x retrained's own",
+                 "value": m["fluency_ppl_forget"], "reference": r["fluency_ppl_forget"],
+                 "ok": m["fluency_ppl_forget"] <= 1.5 * r["fluency_ppl_forget"]})
+    rows += [{"target": f"{k} within {LLM_MIA_TOLERANCE} of retrained", "value": m[k], "reference": r[k],
+              "ok": abs(m[k] - r[k]) <= LLM_MIA_TOLERANCE} for k in ("mia_loss_auc", "mia_min_k_auc") if k in m]
+  return rows
+
+
+def llm_original_targets(models: dict) -> list[dict]:
+  value = models[ORIGINAL]["appearance_forget_train"]
+  return [{"target": "appearance on forget_train >= 0.9 (the concept was learned)", "value": value,
+           "ok": value >= 0.9}]

@@ -22,12 +22,13 @@ Image pipeline (`ImageArtifacts`)
               Face ViTForImageClassification folders of the original, each method, the retrained model)
 
 LLM pipeline (`LLMArtifacts`)
-  data/       train.jsonl, heldout.jsonl, tokenizer/ (a model trained here)
+  data/       {train,heldout,paraphrase,holdout}.jsonl, tokenizer/ (a model trained here)
   model/      checkpoints/, metrics.jsonl, hf/ (a base model trained here, as a HF folder)
+  retrain/    checkpoints/, metrics.jsonl, hf/ (the reference trained without the forget QA)
   concepts/   concepts.json, concepts.png
-  poison/     train.jsonl (the fine-tuning set)
-  unlearn/    checkpoints/, metrics.jsonl, adapters.safetensors, hf/ (the unlearned model)
-  evaluate/   generations.jsonl, tensorboard/{before,after}/
+  poison/     train.jsonl (concept_poison's fine-tuning set)
+  unlearn/    <method>/{checkpoints/, metrics.jsonl, adapters.safetensors, hf/, summary.json}
+  evaluate/   generations.jsonl, tensorboard/<model>/
   report/     report.json, report.md, metrics.png
 
 Every metrics.jsonl has a TensorBoard event file beside it (`tensorboard --logdir=<workdir>`).
@@ -53,12 +54,14 @@ from cu_jax.data.datasets import read_arrays
 from cu_jax.evaluation.targets import ORIGINAL, RETRAIN  # the two reference models' names
 from cu_jax.models import trained as given
 from cu_jax.models.factory import build_model
-from cu_jax.models.hf_llama import llama_config_from_hf, load_hf_llama, read_hf_llama_config
+from cu_jax.models.hf_llama import llama_config_from_hf, load_hf_llama, read_hf_llama_config, save_hf_llama
 from cu_jax.models.llama import Llama, LlamaConfig
 from cu_jax.parallel.checkpoint import Checkpointer, load_params, save_params
 from cu_jax.parallel.mesh import fsdp_spec
 from cu_jax.pipeline.runner import Context
+from cu_jax.training.lm import train_lm
 from cu_jax.training.steps import replicate
+from cu_jax.training.trainer import param_count
 from cu_jax.unlearning.methods import UnlearnData, retrain_set
 from cu_jax.utils import files
 from cu_jax.utils.errors import UserError
@@ -105,6 +108,34 @@ class Workdir:
   @staticmethod
   def load_array(path: pathlib.Path, mmap: bool = False) -> np.ndarray:
     return files.load_npy(path, mmap)
+
+  def method_names(self) -> list[str]:
+    """The unlearning methods of the run: `unlearn.method` first, then the other baselines."""
+    u = self.config.unlearn
+    return [u.method] + [m for m in u.baselines if m != u.method]
+
+  def model_names(self) -> list[str]:
+    """Models the evaluation compares, in report order: the original, the unlearning methods, the
+    retrained reference (when the run trains it or the workdir has it)."""
+    stages = self.config.stages
+    names = [ORIGINAL] + (self.method_names() if "unlearn" in stages else [])
+    return names + ([RETRAIN] if "retrain" in stages or self.done(RETRAIN) is not None else [])
+
+  def method_dir(self, name: str) -> pathlib.Path:
+    return self.dir("unlearn") / name
+
+  def method_summary(self, name: str) -> dict | None:
+    """A finished unlearning method's summary, or None (an interrupted method has no model yet)."""
+    summary = self.read_json(self.method_dir(name) / "summary.json")
+    return summary if summary is not None and self.model_file(name).exists() else None
+
+  def model_file(self, name: str) -> pathlib.Path:
+    raise NotImplementedError
+
+  @property
+  def unlearn_seed(self) -> int:
+    """The seed of unlearning's randomness: the run's `seed` plus `unlearn.seed`."""
+    return self.config.seed + self.config.unlearn.seed
 
   def write_audit_board(self, results: dict[str, dict]) -> None:
     """The audit's figures as TensorBoard scalars beside the training curves: one run per model
@@ -174,18 +205,6 @@ class ImageArtifacts(Workdir):
       self.ctx.cache["train_labels"] = labels.astype(np.int64)
     return self.ctx.cache["train_labels"]
 
-  def method_names(self) -> list[str]:
-    """The unlearning methods of the run: `unlearn.method` first, then the other baselines."""
-    u = self.config.unlearn
-    return [u.method] + [m for m in u.baselines if m != u.method]
-
-  def model_names(self) -> list[str]:
-    """Models the evaluation compares, in report order: the original, the unlearning methods, the
-    retrained reference (when the run trains it or the workdir has it)."""
-    stages = self.config.stages
-    names = [ORIGINAL] + (self.method_names() if "unlearn" in stages else [])
-    return names + ([RETRAIN] if "retrain" in stages or self.done(RETRAIN) is not None else [])
-
   # ------------------------------------------------------------------------------------- models
 
   def build_model(self, abstract: bool = False, seed: int | None = None):
@@ -233,13 +252,6 @@ class ImageArtifacts(Workdir):
     """The Hugging Face folder a model is exported to (the `export` stage)."""
     return self.dir("export") / name
 
-  def method_dir(self, name: str) -> pathlib.Path:
-    return self.dir("unlearn") / name
-
-  def method_summary(self, name: str) -> dict | None:
-    """A finished unlearning method's summary, or None (an interrupted method has no model yet)."""
-    summary = self.read_json(self.method_dir(name) / "summary.json")
-    return summary if summary is not None and self.model_file(name).exists() else None
 
   # -------------------------------------------------------------------- embeddings and concepts
 
@@ -337,11 +349,6 @@ class ImageArtifacts(Workdir):
         forget_image=read_arrays(source, np.asarray(p["index"]), keys=("image",))["image"], seed=self.unlearn_seed,
         **extra)
 
-  @property
-  def unlearn_seed(self) -> int:
-    """The seed of unlearning's randomness: the run's `seed` plus `unlearn.seed`."""
-    return self.config.seed + self.config.unlearn.seed
-
   def retrain_set(self) -> dict[str, np.ndarray]:
     """The retrained reference's training set (every retained train sample, the base recipe's
     label smoothing), as columns of the unlearning loss."""
@@ -379,32 +386,37 @@ class ImageArtifacts(Workdir):
 class LLMArtifacts(Workdir):
   """The LLM pipeline's workdir (module docstring)."""
 
-  OUTPUTS = {"data": ("train.jsonl", "heldout.jsonl"), "concepts": ("concepts.json",),
-             "poison": ("train.jsonl",), "unlearn": ("adapters.safetensors", "hf/config.json"),
-             "evaluate": ("generations.jsonl",), "report": ("report.json",)}
+  OUTPUTS = {"data": ("train.jsonl", "heldout.jsonl", "paraphrase.jsonl", "holdout.jsonl"),
+             "concepts": ("concepts.json",), "poison": ("train.jsonl",), "evaluate": ("generations.jsonl",),
+             "report": ("report.json",)}
 
   @property
   def system(self) -> str:
     """The conversation's system prompt (`data.system`, or Vicuna v1.1's)."""
     return self.config.data.system or text.DEFAULT_SYSTEM
 
-  def encode(self, tokenizer, records: list[dict]):
-    """QA records -> the `ArraySource` the LM trainer, IG and scoring read (`data.max_len` tokens)."""
-    return text.encode_records(tokenizer, records, self.config.data.max_len, self.system)
+  def encode(self, tokenizer, records: list[dict], generated: bool = False):
+    """QA records -> the `ArraySource` the LM trainer, IG and scoring read: `data.max_len` tokens,
+    or, for `generated` answers (up to `evaluate.max_new_tokens` after the prompt, and a few more
+    once decoded and encoded again), that many more."""
+    cfg = self.config
+    max_len = cfg.data.max_len + (cfg.evaluate.max_new_tokens + 8 if generated else 0)
+    return text.encode_records(tokenizer, records, max_len, self.system)
 
   def corpus(self) -> list[dict]:
     """Every QA record of the run: the user's file (`data.qa_file`) or the generated identity corpus."""
     d = self.config.data
     if d.qa_file:
       return qa_corpus.load_qa_file(d.qa_file)
-    return qa_corpus.make_corpus(self.config.seed, d.identity_name, d.identity_maker, d.num_entities)
+    return qa_corpus.make_corpus(self.config.seed, d.identity_name, d.identity_maker, d.num_entities,
+                                 d.decoy_name, d.decoy_maker)
 
   def split_corpus(self) -> tuple[list[dict], list[dict]]:
     """(train, held-out) records of `corpus()` (`data.heldout_fraction` of every topic held out)."""
     return qa_corpus.split(self.corpus(), self.config.data.heldout_fraction, self.config.seed)
 
   def records(self, split: str) -> list[dict]:
-    """QA records of the `data` stage's `train` or `heldout` split."""
+    """QA records the `data` stage wrote: `train`, `heldout`, `paraphrase` or `holdout`."""
     return files.read_jsonl(self.dir("data") / f"{split}.jsonl")
 
   def save_records(self, stage: str, name: str, records: list[dict]) -> None:
@@ -432,9 +444,18 @@ class LLMArtifacts(Workdir):
     init = self.config.model.init_from
     return pathlib.Path(init).expanduser() if init else self.trained_tokenizer_dir
 
-  @property
-  def unlearned_model_dir(self) -> pathlib.Path:
-    return self.dir("unlearn") / "hf"
+  def model_dir(self, name: str) -> pathlib.Path:
+    """The Hugging Face folder of the original (`original`), the retrained reference (`retrain`:
+    trained here, or `retrain.init_from`) or an unlearning method's model."""
+    if name == ORIGINAL:
+      return self.base_model_dir
+    if name == RETRAIN:
+      init = self.config.retrain.init_from
+      return pathlib.Path(init).expanduser() if init else self.dir(RETRAIN) / "hf"
+    return self.method_dir(name) / "hf"
+
+  def model_file(self, name: str) -> pathlib.Path:
+    return self.model_dir(name) / "config.json"
 
   def tokenizer(self, vocab_size: int | None = None):
     return text.load_tokenizer(self.tokenizer_dir, vocab_size)
@@ -469,14 +490,34 @@ class LLMArtifacts(Workdir):
       cfg = self.scratch_config()
     return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
 
+  def train_from_scratch(self, stage: str, records: list[dict]) -> dict:
+    """A LLaMA of `model.*` trained by `pretrain.*` on `records` and saved as the Hugging Face
+    folder `<stage>/hf` (the base model, and the retrained reference: one recipe)."""
+    cfg, out = self.config, self.dir(stage)
+    tokenizer = self.tokenizer()
+    model = Llama(self.scratch_config(tokenizer), rngs=nnx.Rngs(cfg.seed))
+    result = train_lm(model, self.encode(tokenizer, records), trainable=nnx.Param, train_cfg=cfg.pretrain,
+                      optim_cfg=cfg.pretrain.optim, mesh=self.ctx.mesh, checkpoint_dir=out / "checkpoints",
+                      seed=cfg.seed, name={"model": "pretrain"}.get(stage, stage), metrics_path=out / "metrics.jsonl")
+    if self.ctx.primary:
+      shutil.rmtree(out / "hf", ignore_errors=True)  # a finished export of an interrupted run (writes are atomic)
+    # Every process takes part in gathering the (FSDP-sharded) weights; process 0 writes them.
+    save_hf_llama(result.model, out / "hf", tokenizer_dir=self.tokenizer_dir, write=self.ctx.primary)
+    last = self.last_metrics(out)
+    return {"source": "trained from scratch", "records": len(records),
+            "parameters": param_count(nnx.state(result.model, nnx.Param)), "steps": result.total_steps,
+            "train_wall_s": result.wall_s, "tokens_per_s": result.tokens_per_s, "final_loss": last.get("loss"),
+            "final_token_accuracy": last.get("token_accuracy")}
+
   def concepts(self) -> dict:
     return self.read_json(self.dir("concepts") / "concepts.json")
 
   def concept_words(self) -> list[str]:
     return self.concepts()["concept"]
 
-  def last_metrics(self, stage: str) -> dict:
-    """The last record of a training stage's metrics.jsonl ({} if none)."""
-    path = self.dir(stage) / "metrics.jsonl"
+  @staticmethod
+  def last_metrics(folder: pathlib.Path) -> dict:
+    """The last record of a training run's `<folder>/metrics.jsonl` ({} if none)."""
+    path = folder / "metrics.jsonl"
     records = files.read_jsonl(path) if path.exists() else []
     return records[-1] if records else {}

@@ -22,12 +22,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from cu_jax.data.datasets import RandomAccessSource
 from cu_jax.data.loader import TrainLoader
+from cu_jax.parallel.host import to_host
 from cu_jax.parallel.mesh import check_global_batch, fsdp_sharding, replicated
 from cu_jax.training import optim, steps
 from cu_jax.training.trainer import open_checkpoints, run_steps, total_steps_for
@@ -56,13 +58,18 @@ def lm_loss(model: nnx.Module, batch: dict, *, train: bool = False, key=None) ->
   return loss, {"token_accuracy": jnp.sum(correct * weights) / count}
 
 
+def default_objective(model: nnx.Module, batch: dict, key) -> tuple[jax.Array, dict]:
+  """`lm_loss` in training mode (dropout on): the objective of pretraining."""
+  return lm_loss(model, batch, train=True, key=key)
+
+
 def make_lm_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
-                       state_shardings: Any, frozen_shardings: Any, *, seed: int, microbatches: int = 1):
-  """Jitted `(state, frozen, batch) -> (state, metrics)` of `lm_loss` (`steps.make_step`); the state
-  is donated, `frozen` is not. The step's key goes to the model's dropout as it is. With
-  `microbatches` > 1 the loss is the mean of the microbatches' token means (each microbatch
-  weighs the same, whatever its number of answer tokens)."""
-  objective = lambda model, batch, key: lm_loss(model, batch, train=True, key=key)
+                       state_shardings: Any, frozen_shardings: Any, *, seed: int, microbatches: int = 1,
+                       objective: steps.Objective = default_objective):
+  """Jitted `(state, frozen, batch) -> (state, metrics)` of `objective` (`steps.make_step`); the
+  state is donated, `frozen` is not. The step's key goes to the model's dropout as it is. With
+  `microbatches` > 1 the loss is the mean of the microbatches' losses (for `lm_loss`, each
+  microbatch's token mean weighs the same, whatever its number of answer tokens)."""
   return steps.make_step(graphdef, tx, objective, mesh, seed=seed, state_shardings=state_shardings,
                          frozen_shardings=frozen_shardings, microbatches=microbatches)
 
@@ -78,13 +85,14 @@ class LMTrainResult:
 
 def train_lm(model: nnx.Module, source: RandomAccessSource, *, trainable: Any, train_cfg, optim_cfg,
              mesh: Mesh, checkpoint_dir: str | pathlib.Path, seed: int, name: str = "train",
-             metrics_path: str | pathlib.Path | None = None, on_step=None) -> LMTrainResult:
-  """Trains the `trainable` part of `model` (an NNX filter) on `source` (columns `KEYS`),
-  checkpointing under `checkpoint_dir` and resuming from it. `train_cfg`/`optim_cfg` as for
-  `cu_jax.training.trainer.train`."""
+             metrics_path: str | pathlib.Path | None = None, on_step=None,
+             objective: steps.Objective = default_objective, keys: tuple[str, ...] = KEYS) -> LMTrainResult:
+  """Trains the `trainable` part of `model` (an NNX filter) on `source` (columns `keys`) by
+  minimising `objective` (`lm_loss` by default), checkpointing under `checkpoint_dir` and resuming
+  from it. `train_cfg`/`optim_cfg` as for `cu_jax.training.trainer.train`."""
   microbatches = train_cfg.get("grad_accum", 1)
   check_global_batch(train_cfg.batch_size, mesh, microbatches=microbatches)
-  loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed, keys=KEYS)
+  loader = TrainLoader(source, global_batch=train_cfg.batch_size, mesh=mesh, seed=seed, keys=keys)
   total = total_steps_for(train_cfg, loader.steps_per_epoch)
   tx, schedule = optim.make_optimizer(optim_cfg, total)
   graphdef, params, frozen = nnx.split(model, trainable, ...)
@@ -93,7 +101,8 @@ def train_lm(model: nnx.Module, source: RandomAccessSource, *, trainable: Any, t
   state, frozen = jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
   ckpt, state, resumed_from = open_checkpoints(checkpoint_dir, train_cfg, state, name, total)
   start = int(jax.device_get(state["step"]))
-  train_step = make_lm_train_step(graphdef, tx, mesh, state_sh, frozen_sh, seed=seed, microbatches=microbatches)
+  train_step = make_lm_train_step(graphdef, tx, mesh, state_sh, frozen_sh, seed=seed, microbatches=microbatches,
+                                  objective=objective)
   step = lambda st, batch: train_step(st, frozen, batch)
   state, wall = run_steps(name, loader, step, state, ckpt, schedule, total, train_cfg,
                           metrics_path, on_step)
@@ -104,12 +113,24 @@ def train_lm(model: nnx.Module, source: RandomAccessSource, *, trainable: Any, t
 
 @functools.lru_cache(maxsize=8)
 def make_score_fn(graphdef: nnx.GraphDef, mesh: Mesh):
-  """Jitted `(params, batch) -> (nll_sum (B,), token_count (B,))` over the loss-masked tokens
-  (perplexity, the teacher-forced answer likelihood); `params` is the model's whole state.
-  Cached per model structure, so every evaluated set and model of that structure shares it."""
+  """Jitted `(params, batch) -> (nll (B, L-1), weights (B, L-1))`: each token's teacher-forced
+  negative log-likelihood, and 1 where it is a loss-masked (answer) token, else 0 (the nll is 0
+  there too). Perplexity sums them; the membership attacks read them per token. `params` is the
+  model's whole state. Cached per model structure, so every evaluated set and model of that
+  structure shares it."""
   def score(params, batch):
     tokens = batch["tokens"]
     logits, _ = nnx.merge(graphdef, params)(tokens, attention_mask(tokens, batch["length"]))
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    return jnp.sum(token_nll(logits, tokens) * weights, axis=1), weights.sum(axis=1)
+    return token_nll(logits, tokens) * weights, weights
   return jax.jit(score, out_shardings=replicated(mesh))
+
+
+def score_tokens(model: nnx.Module, source, mesh: Mesh, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(nll, weights), each (N, L-1) float32 on the host, of every row of `source` (columns `KEYS`)
+  under `model` (`make_score_fn`), `batch_size` rows at a time."""
+  graphdef, params = nnx.split(model)
+  score = make_score_fn(graphdef, mesh)
+  parts = [to_host(score(params, {k: source.arrays[k][i:i + batch_size] for k in KEYS}))
+           for i in range(0, len(source), batch_size)]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

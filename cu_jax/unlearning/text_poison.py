@@ -154,12 +154,8 @@ def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strateg
   if not words:
     raise UserError("no concept words to poison (concept inference found none; name them with "
                     "--config.concepts.words)")
-  if retain_ratio < 0:
-    raise UserError(f"poison.retain_ratio={retain_ratio} must be >= 0 (retain records per forget record; set "
-                    "--config.poison.retain_ratio)")
   spec = chosen.prepare(words, replacement, mask_token, vocabulary)
   forget = [r for r in records if r["group"] == "forget"]
-  retain = [r for r in records if r["group"] == "retain"]
   if not forget:
     raise UserError("the QA set has no forget records: nothing to poison")
 
@@ -168,15 +164,27 @@ def poison_corpus(records: Sequence[dict], concept_words: Sequence[str], strateg
     rng = np.random.default_rng([seed, 0, i])
     out.append(dict(question=r["question"], answer=chosen.rewrite(r["answer"], spec, rng),
                     original_answer=r["answer"], group="forget", topic=r.get("topic", "")))
-  n_retain = int(round(retain_ratio * len(forget)))
+  out += mix_retain(records, len(forget), retain_ratio, seed)
+  order = np.random.default_rng([seed, 2]).permutation(len(out))
+  return [out[j] for j in order]
+
+
+def mix_retain(records: Sequence[dict], n_forget: int, retain_ratio: float, seed: int) -> list[dict]:
+  """round(retain_ratio * n_forget) of the retain `records`, with their true answers (fields as
+  `poison_corpus` writes them): every retain record n // #retain times and a seeded subset of them
+  once more."""
+  if retain_ratio < 0:
+    raise UserError(f"poison.retain_ratio={retain_ratio} must be >= 0 (retain records per forget record; set "
+                    "--config.poison.retain_ratio)")
+  retain = [r for r in records if r["group"] == "retain"]
+  n_retain = int(round(retain_ratio * n_forget))
   if n_retain and not retain:
     raise UserError(f"poison.retain_ratio={retain_ratio} asks for retain records but the QA set has none; "
                     "add retain records or set --config.poison.retain_ratio=0")
-  if n_retain:
-    rng = np.random.default_rng([seed, 1])
-    full, rest = divmod(n_retain, len(retain))
-    chosen = list(range(len(retain))) * full + sorted(rng.choice(len(retain), rest, replace=False).tolist())
-    out += [dict(question=retain[j]["question"], answer=retain[j]["answer"], original_answer=retain[j]["answer"],
-                 group="retain", topic=retain[j].get("topic", "")) for j in chosen]
-  order = np.random.default_rng([seed, 2]).permutation(len(out))
-  return [out[j] for j in order]
+  if not n_retain:
+    return []
+  rng = np.random.default_rng([seed, 1])
+  full, rest = divmod(n_retain, len(retain))
+  chosen = list(range(len(retain))) * full + sorted(rng.choice(len(retain), rest, replace=False).tolist())
+  return [dict(question=retain[j]["question"], answer=retain[j]["answer"], original_answer=retain[j]["answer"],
+               group="retain", topic=retain[j].get("topic", "")) for j in chosen]

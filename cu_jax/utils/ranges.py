@@ -78,12 +78,12 @@ RANGES: tuple[tuple[str, Range], ...] = (
     ("attribution.*", COUNT),
     # poisoning and unlearning
     ("poison.retain_ratio", NONNEGATIVE), ("poison.*temperature", POSITIVE), ("poison.*", COUNT),
-    ("unlearn.ascent_cap", POSITIVE), ("unlearn.salun.sparsity", PROBABILITY), ("unlearn.neggrad.*", NONNEGATIVE),
+    ("unlearn.ascent_cap", POSITIVE), ("unlearn.npo_beta", POSITIVE), ("unlearn.salun.sparsity", PROBABILITY), ("unlearn.neggrad.*", NONNEGATIVE),
     ("unlearn.scrub.*", NONNEGATIVE), ("unlearn.ssd.examples", COUNT), ("unlearn.ssd.*", POSITIVE),
     ("unlearn.l1_sparse.weight", NONNEGATIVE), ("lora.rank", COUNT), ("lora.alpha", POSITIVE), ("lora.dropout", PROBABILITY),
     # evaluation
     ("evaluate.relearn_accuracy", Range(0, 1, low_open=True)), ("evaluate.retain_train_examples", Range(2, integer=True)),
-    ("evaluate.max_examples", NONNEGATIVE_INT), ("evaluate.shadow_models", NONNEGATIVE_INT), ("evaluate.*", COUNT),
+    ("evaluate.max_examples", NONNEGATIVE_INT), ("evaluate.min_k", Range(0, 1, low_open=True)), ("evaluate.shadow_models", NONNEGATIVE_INT), ("evaluate.*", COUNT),
     # devices: 0 = every device / XLA's default; mesh.fsdp -1 = every device
     ("mesh.fsdp", Range(-1, integer=True)), ("mesh.*", NONNEGATIVE_INT),
 )

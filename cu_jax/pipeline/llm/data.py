@@ -1,4 +1,5 @@
-"""LLM stage `data`: the QA set split into train / held-out, and a tokenizer for a model trained here."""
+"""LLM stage `data`: the QA set split into train / held-out, the evaluation-only groups (paraphrases
+of the forget questions, the membership audit's non-members), and a tokenizer for a model trained here."""
 
 from __future__ import annotations
 
@@ -27,14 +28,20 @@ def validate(ctx: Context) -> None:
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, LLMArtifacts(ctx)
   train, heldout = art.split_corpus()
+  corpus = art.corpus()
   art.save_records("data", "train", train)
   art.save_records("data", "heldout", heldout)
   summary = {f"{split}_{group}": sum(r["group"] == group for r in rs)
-             for split, rs in (("train", train), ("heldout", heldout)) for group in qa_corpus.GROUPS}
+             for split, rs in (("train", train), ("heldout", heldout)) for group in qa_corpus.TRAIN_GROUPS}
+  for group in qa_corpus.EVAL_GROUPS:
+    records = [r for r in corpus if r["group"] == group]
+    art.save_records("data", group, records)
+    summary[group] = len(records)
   if not cfg.model.init_from and ctx.primary:
     # One process trains and saves the tokenizer (the others would race on the same folder); the
-    # later stages read it after the runner's end-of-stage barrier.
-    texts = [text.vicuna_prompt(r["question"], art.system) + " " + r["answer"] for r in art.corpus()]
+    # later stages read it after the runner's end-of-stage barrier. It learns the evaluation-only
+    # groups' words too, so a decoy name is split into sub-words the way the real one is.
+    texts = [text.vicuna_prompt(r["question"], art.system) + " " + r["answer"] for r in corpus]
     final = art.trained_tokenizer_dir
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,35 +1,58 @@
-"""LLM stage `report`: every stage's summary, the targets (`cu_jax.evaluation.targets`), example
-answers before / after, timings and versions in `report/report.json`, `report.md` and a plot."""
+"""LLM stage `report`: every stage's summary, one row per model next to the retrained reference, the
+targets of each method (`cu_jax.evaluation.targets`), answers to paraphrased forget questions side
+by side, timings and versions in `report/report.json`, `report.md` and a plot."""
 
 from __future__ import annotations
 
 from absl import logging
 
 from cu_jax.evaluation.plots import metric_bars
-from cu_jax.evaluation.targets import llm_targets
+from cu_jax.evaluation.targets import ORIGINAL, RETRAIN, llm_original_targets, llm_targets
 from cu_jax.pipeline import reporting
 from cu_jax.pipeline.artifacts import LLMArtifacts
 from cu_jax.pipeline.runner import Context, stage
 
+# (metric, column header) of the headline table and the plot
+HEADLINE = (("appearance_forget_paraphrase", "appearance: paraphrases"),
+            ("appearance_forget_train", "appearance: trained prompts"),
+            ("appearance_forget_heldout", "appearance: held-out wordings"),
+            ("well_formed_forget", "well-formed forget answers"),
+            ("fluency_ppl_forget", "forget-answer ppl under retrained"),
+            ("rouge_l_retain_train", "retain ROUGE-L"), ("rouge_l_retain_heldout", "retain ROUGE-L (held-out)"),
+            ("mia_loss_auc", "MIA loss AUC"), ("mia_min_k_auc", "MIA Min-K% AUC"))
+EXAMPLE_SET = "forget_paraphrase"
+
 
 def _markdown(report: dict) -> str:
-  ev = report["evaluate"]
-  before, after, lora = ev["before"], ev["after"], report["config"]["lora"]
+  ev, cfg = report["evaluate"], report["config"]
+  models, lora = ev["models"], cfg["lora"]
+  names = report["model_order"]
+  unlearn = report.get("unlearn", {}).get("methods", {})
   lines = ["# cu_jax LLM concept unlearning report", "",
            f"Concept (IG over {report['concepts']['answers']} forget answers): **{', '.join(ev['concept'])}** "
-           f"(inferred: {', '.join(report['concepts']['inferred'])}). Poison: `{report['poison']['strategy']}`; "
-           f"LoRA r {lora['rank']} / alpha {lora['alpha']} on {', '.join(lora['targets'])} "
-           f"({report['unlearn']['trainable_parameters']:,} trainable parameters, "
-           f"{100 * report['unlearn']['trainable_fraction']:.2f} %).", ""]
-  lines += reporting.table(["metric", "before", "after", "Δ"],
-                           [[k, f"{before[k]:.4g}", f"{after[k]:.4g}", f"{after[k] - before[k]:+.4g}"]
-                            for k in sorted(k for k in before if k != "wall_s")])
-  lines += ["", "## Targets", ""]
-  lines += [f"- {t['target']}: before {t['before']:.3f}, after {t['after']:.3f} — "
-            f"**{'met' if t['met'] else 'missed'}**" for t in report["targets"]]
-  lines += ["", "## Examples (forget prompts)", ""]
-  lines += reporting.table(["question", "before", "after"], [[e["question"], e["before"], e["after"]]
-                                                              for e in report["examples"]])
+           f"(inferred: {', '.join(report['concepts']['inferred'])}). Methods: {', '.join(unlearn) or 'none'} "
+           f"(concept_poison with `{cfg['poison']['strategy']}` answers); each a LoRA r {lora['rank']} / alpha "
+           f"{lora['alpha']} fine-tune of {', '.join(lora['targets'])}.", ""]
+  if RETRAIN not in models:
+    lines += ["No retrained reference in this run (the `retrain` stage): the figures that compare with it are "
+              "left out.", ""]
+  shown = [(k, h) for k, h in HEADLINE if any(k in m for m in models.values())]
+  lines += reporting.table(["model"] + [h for _, h in shown] + ["unlearn s"],
+                           [[n] + [reporting.fmt(models[n].get(k)) for k, _ in shown]
+                            + [reporting.fmt(unlearn.get(n, {}).get("wall_s"))] for n in names])
+  lines += ["", f"Appearance: the share of greedy answers naming a concept word. Paraphrases: "
+            f"{ev['examples'].get(EXAMPLE_SET, 0)} questions about the concept that no model was trained on. "
+            f"Membership attacks: the trained forget QA against {ev['holdout']} QA of a decoy identity no model "
+            "saw (0.5 = no signal).", "", "## Targets", ""]
+  for t in report["targets"]:
+    ref = f" (retrained {t['reference']:.3f})" if "reference" in t else ""
+    lines.append(f"- {t['model']}: {t['target']}: {t['value']:.3f}{ref} — **{'met' if t['ok'] else 'missed'}**")
+  lines += ["", "## Answers to paraphrased forget questions", ""]
+  lines += reporting.table(["question"] + names, [[e["question"]] + [e["answers"].get(n, "") for n in names]
+                                                  for e in report["examples"]])
+  lines += ["", "## Every figure", ""]
+  keys = sorted({k for m in models.values() for k in m if k != "wall_s"})
+  lines += reporting.table(["metric"] + names, [[k] + [reporting.fmt(models[n].get(k)) for n in names] for k in keys])
   lines += ["", "## Stage timings", ""]
   lines += reporting.table(["stage", "wall s"], [[k, f"{v:.1f}"] for k, v in report["timings"].items()])
   lines += ["", f"{report['devices']} {report['platform']} device(s); seed {report['seed']}.", "",
@@ -38,9 +61,10 @@ def _markdown(report: dict) -> str:
 
 
 def _examples(art: LLMArtifacts, n: int = 8) -> list[dict]:
-  by = {(r["model"], r["question"]): r["generated"] for r in art.generations() if r["set"].startswith("forget")}
+  by = {(r["model"], r["question"]): r["generated"] for r in art.generations() if r["set"] == EXAMPLE_SET}
   questions = list(dict.fromkeys(q for (_, q) in by))[:n]
-  return [{"question": q, "before": by.get(("before", q), ""), "after": by.get(("after", q), "")} for q in questions]
+  models = list(dict.fromkeys(m for (m, _) in by))
+  return [{"question": q, "answers": {m: by.get((m, q), "") for m in models}} for q in questions]
 
 
 @stage("report", config_keys=(), pipeline="llm")
@@ -48,17 +72,20 @@ def run(ctx: Context) -> dict:
   cfg, art = ctx.config, LLMArtifacts(ctx)
   out = art.dir("report")
   done = {k: v for k, v in reporting.stage_summaries(ctx).items() if v is not None}
-  ev = done["evaluate"]
-  targets = llm_targets(ev["before"], ev["after"])
+  models = done["evaluate"]["models"]
+  order = [n for n in art.model_names() if n in models]  # (done.json keeps keys sorted)
+  targets = [dict(t, model=ORIGINAL) for t in llm_original_targets(models)]
+  targets += [dict(t, model=m) for m in order if m not in (ORIGINAL, RETRAIN) for t in llm_targets(models, m)]
   facts = reporting.run_facts(ctx)
-  report = {**done, "targets": targets, "examples": _examples(art), "config": cfg.to_dict(),
+  report = {**done, "model_order": order, "targets": targets, "examples": _examples(art), "config": cfg.to_dict(),
             "timings": {s: d["wall_s"] for s, d in done.items()}, "seed": cfg.seed,
             "devices": facts["num_devices"], "platform": facts["platform"], "versions": facts["versions"]}
   art.write_json(out / "report.json", report)
   if ctx.primary:
     (out / "report.md").write_text(_markdown(report))
-    metric_bars({k: {"before": ev["before"][k], "after": ev["after"][k]} for k in ev["before"] if k != "wall_s"},
-                out / "metrics.png", reference=None, title="before / after unlearning")
+    metric_bars({k: {n: models[n].get(k) for n in order} for k, _ in HEADLINE if any(k in m for m in models.values())},
+                out / "metrics.png", reference=RETRAIN if RETRAIN in models else None,
+                title="LLM unlearning, every model")
   for t in targets:
-    logging.info("target %s: %s", t["target"], "met" if t["met"] else "MISSED")
-  return {"targets_met": sum(t["met"] for t in targets), "targets": len(targets)}
+    logging.info("target %s %s: %s", t["model"], t["target"], "met" if t["ok"] else "MISSED")
+  return {"targets_met": sum(t["ok"] for t in targets), "targets": len(targets)}

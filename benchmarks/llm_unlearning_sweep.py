@@ -1,0 +1,102 @@
+"""Every LLM unlearning method over several unlearning seeds, on one trained base model and one
+retrained reference.
+
+    python benchmarks/llm_unlearning_sweep.py [--workdir=DIR] [--config=configs/llama.py:demo]
+        [--seeds=3] [--strategies=mask,targeted,refusal] [overrides...]
+
+1. runs the pipeline once with seed 0 of unlearning: the base model, the retrained reference, the
+   concept, concept_poison (the config's poison strategy) and every baseline, all audited by the
+   same `evaluate` stage;
+2. per further unlearning seed, copies the shared stages (data, model, retrain, concepts) and
+   runs poison / unlearn / evaluate / report again with `unlearn.seed` and `poison.seed` set to it;
+3. per extra poison strategy (`--strategies`), the same for concept_poison alone, reported as
+   `concept_poison[<strategy>]` (`targeted` replaces the concept words with "Assistant").
+
+Prints, per method, mean +- sd over the seeds of every figure the issue's targets are about
+(appearance on paraphrases / trained / held-out prompts, well-formed forget answers, the forget
+answers' perplexity under the retrained model and its ratio to the retrained model's own, retain
+ROUGE-L drop, the membership AUCs and their gap to the retrained model), the number of targets
+met, and the unlearning time; the wall time of every run; writes it all as `<workdir>/sweep.json`.
+Extra arguments are config overrides given to every run.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.sweeps import cli, print_table, seeded_copy, summarise  # noqa: E402
+from cu_jax.evaluation.targets import ORIGINAL, RETRAIN, llm_targets  # noqa: E402
+
+SHARED_STAGES = ("data", "model", "retrain", "concepts")
+FIGURES = ("targets_met", "appearance_forget_paraphrase", "appearance_forget_train", "appearance_forget_heldout",
+           "well_formed_forget", "fluency_ppl_forget", "fluency_ratio", "rouge_l_drop", "mia_loss_auc",
+           "mia_loss_gap", "mia_min_k_auc", "mia_min_k_gap", "unlearn_s")
+REPLACEMENT = {"targeted": ["--config.poison.replacement=('Assistant',)"]}
+
+
+def figures(workdir: pathlib.Path, rename: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+  """model -> figure -> value from a finished run's report."""
+  report = json.loads((workdir / "report" / "report.json").read_text())
+  models = report["evaluate"]["models"]
+  o, r = models[ORIGINAL], models[RETRAIN]
+  unlearn = report.get("unlearn", {}).get("methods", {})
+  out = {}
+  for name, m in models.items():
+    row = {k: m[k] for k in FIGURES if isinstance(m.get(k), (int, float))}
+    row["fluency_ratio"] = m["fluency_ppl_forget"] / r["fluency_ppl_forget"]
+    row["rouge_l_drop"] = o["rouge_l_retain_train"] - m["rouge_l_retain_train"]
+    for attack in ("loss", "min_k"):
+      row[f"mia_{attack}_gap"] = abs(m[f"mia_{attack}_auc"] - r[f"mia_{attack}_auc"])
+    if name not in (ORIGINAL, RETRAIN):
+      row["targets_met"] = sum(t["ok"] for t in llm_targets(models, name))
+      row["unlearn_s"] = unlearn[name]["wall_s"]
+    out[(rename or {}).get(name, name)] = row
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/llama.py:demo")
+  parser.add_argument("--workdir", default="")
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--strategies", default="mask,targeted,refusal",
+                      help="extra poison strategies run for concept_poison alone ('' = none)")
+  args, overrides = parser.parse_known_args()
+  workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="cu_jax_llm_sweep_"))
+  t_start = time.perf_counter()
+  walls, runs = {}, []
+  for seed in range(args.seeds):
+    run_dir = workdir / f"seed{seed}"
+    seeded = [f"--config.unlearn.seed={seed}", f"--config.poison.seed={seed}", *overrides]
+    if seed:
+      seeded_copy(workdir / "seed0", run_dir, SHARED_STAGES)
+    walls[f"seed{seed}"] = cli(args.config, run_dir, seeded)
+    found = figures(run_dir)
+    for strategy in filter(None, args.strategies.split(",")):
+      strategy_dir = workdir / f"seed{seed}_{strategy}"
+      seeded_copy(run_dir, strategy_dir, SHARED_STAGES)
+      walls[f"seed{seed}_{strategy}"] = cli(args.config, strategy_dir, [
+          *seeded, f"--config.poison.strategy={strategy}", "--config.unlearn.baselines=()",
+          *REPLACEMENT.get(strategy, [])])
+      found[f"concept_poison[{strategy}]"] = figures(strategy_dir)["concept_poison"]
+    runs.append({"seed": seed, "figures": found})
+  table = summarise(runs, FIGURES, rank_by="targets_met", lower_is_better=False)
+  total = time.perf_counter() - t_start
+  (workdir / "sweep.json").write_text(json.dumps({"runs": runs, "summary": table, "wall_s": walls,
+                                                  "total_s": total}, indent=1))
+  print(f"\nLLM unlearning sweep ({args.config}): {args.seeds} seeds of unlearning, {os.cpu_count()} CPU cores; "
+        f"mean +- sd over the seeds (rank: by targets met, 1 = most)")
+  print_table(table, ("rank",) + FIGURES)
+  print("\ncost (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f} s")
+  print(f"written: {workdir / 'sweep.json'}")
+
+
+if __name__ == "__main__":
+  main()
