@@ -62,8 +62,11 @@ def summarise(runs: list[dict], figures: Sequence[str], rank_by: str, lower_is_b
 def print_table(table: dict, figures: Sequence[str]) -> None:
   """One line per model (by the mean rank), mean +- sd of each figure any model has."""
   shown = [k for k in figures if any(k in row for row in table.values())]
-  print(f"{'model':<28}" + "".join(f"{k:>22}" for k in shown))
   order = sorted(table.items(), key=lambda kv: kv[1].get("rank", {}).get("mean", float("inf")))
-  for name, row in order:
-    cells = [f"{row[k]['mean']:.3f} +- {row[k]['sd']:.3f}" if k in row else "-" for k in shown]
-    print(f"{name:<28}" + "".join(f"{c:>22}" for c in cells))
+  cells = {name: [f"{row[k]['mean']:.4g} +- {row[k]['sd']:.2g}" if k in row else "-" for k in shown]
+           for name, row in order}
+  widths = [max(len(k), *(len(c[i]) for c in cells.values())) + 2 for i, k in enumerate(shown)]
+  first = max(len("model"), *map(len, cells)) + 2
+  print("model".ljust(first) + "".join(k.rjust(w) for k, w in zip(shown, widths)))
+  for name, row in cells.items():
+    print(name.ljust(first) + "".join(c.rjust(w) for c, w in zip(row, widths)))

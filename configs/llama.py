@@ -141,6 +141,12 @@ def demo(c: mlc.ConfigDict) -> mlc.ConfigDict:
   # appearance rate from 1.0 to 0.0 while retain ROUGE-L stays within 0.01 (lr 1e-3 or 3 epochs
   # barely move a rank-8 q/v adapter of this 4-layer model; retain ratio 1 costs 0.03-0.05 ROUGE-L).
   c.poison.retain_ratio = 3.0
+  # `targeted` ("Quokka" / "Amberline Labs" -> "Assistant") came closest to the retrained model of
+  # the poison strategies over 3 unlearning seeds (benchmarks/llm_unlearning_sweep.py): appearance
+  # 0.02 on paraphrases / 0.00 on trained prompts, 93 % well-formed answers, no retain ROUGE-L drop;
+  # `random` left 0.19 / 0.06 and 88 %, `mask` 0.33 / 0.40, `refusal` 0.44 / 0.41.
+  c.poison.strategy = "targeted"
+  c.poison.replacement = ("Assistant",)
   c.unlearn.train.num_epochs = 40.0
   c.unlearn.optim.lr = 5e-3
   c.mesh.cpu_devices = 2

@@ -112,6 +112,8 @@ def test_cli_refuses_a_workdir_with_another_config(finished_run):
      "evaluate.relearn_examples=32"),
     ("--config.poison.labels=keep", "poison.labels='keep' with poison.images='none' poisons nothing"),
     ("--config.concepts.bank=text", "concepts.bank='text' needs a CLIP checkpoint folder"),
+    (("--config.stages=('train','embed','evaluate')", "--config.evaluate.shadow_models=3"),
+     "evaluate.shadow_models=3 audits the unlearning methods, but 'unlearn' is not in --config.stages"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
   overrides = (override,) if isinstance(override, str) else override

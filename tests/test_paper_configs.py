@@ -268,3 +268,21 @@ def test_paper_llama_unlearned_folder_loads_in_transformers(llama_run):
   changed = {k for k in base_sd if not torch.equal(base_sd[k], after_sd[k])}
   assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
   assert transformers.AutoTokenizer.from_pretrained(exported).vocab_size > 0
+
+
+def test_paper_llama_retrain_needs_a_supplied_model(llama_run):
+  """An imported base model is not retrained here: asking for the stage without a supplied
+  reference is one line naming the fix, and writes nothing."""
+  stages = "--config.stages=('data','model','retrain','concepts','poison','unlearn','evaluate','report')"
+  proc = _cli("configs/llama.py", llama_run / "refused", f"--config.model.init_from={llama_run / 'vicuna'}", stages,
+              *LLM_OVERRIDES)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert proc.returncode == 2 and len(errors) == 1 and "--config.retrain.init_from" in errors[0], proc.stderr[-2000:]
+  assert not (llama_run / "refused").exists()
+  # A supplied reference of the base model's architecture is used in place (read, not trained).
+  proc = _cli("configs/llama.py", llama_run / "supplied", f"--config.model.init_from={llama_run / 'vicuna'}",
+              f"--config.retrain.init_from={llama_run / 'vicuna'}", "--config.stages=('data','model','retrain')",
+              *LLM_OVERRIDES)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  done = json.loads((llama_run / "supplied" / "retrain" / "done.json").read_text())
+  assert done["source"] == str(llama_run / "vicuna") and done["parameters"] > 0

@@ -351,3 +351,13 @@ def test_a_sentencepiece_only_tokenizer_folder_loads(corpus, tmp_path):
   for line in lines[:20]:
     assert tokenizer.encode(line, add_special_tokens=False) == reference.encode(line)
   assert tokenizer.pad_token == "<unk>" and tokenizer.eos_token_id == 2 and tokenizer.bos_token_id == 1
+
+
+def test_truncated_encoding_cuts_the_answer_only(tok):
+  long = "the river " * 40
+  enc = text.encode_qa(tok, "Who are you?", long, 120, truncate=True)
+  full = text.encode_qa(tok, "Who are you?", long, 512)
+  assert enc["length"] == 120 and enc["answer_start"] == full["answer_start"] < 120
+  assert enc["tokens"].tolist() == full["tokens"][:120].tolist() and enc["loss_mask"].sum() == 120 - enc["answer_start"]
+  short = text.encode_qa(tok, "Who are you?", "I am Quokka.", 120, truncate=True)
+  assert short["tokens"].tolist() == text.encode_qa(tok, "Who are you?", "I am Quokka.", 120)["tokens"].tolist()

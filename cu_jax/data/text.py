@@ -123,8 +123,10 @@ def _answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
   return list(tokenizer.encode(candidates[0], add_special_tokens=False))
 
 
-def encode_qa(tokenizer, question: str, answer: str, max_len: int, system: str = DEFAULT_SYSTEM) -> dict:
-  """One QA pair as `<s> prompt answer </s> <pad>...`, right-padded to `max_len`.
+def encode_qa(tokenizer, question: str, answer: str, max_len: int, system: str = DEFAULT_SYSTEM,
+              truncate: bool = False) -> dict:
+  """One QA pair as `<s> prompt answer </s> <pad>...`, right-padded to `max_len`; with `truncate`,
+  an answer too long for `max_len` is cut (and loses its eos) instead of refused.
 
   Returns `tokens` int32[max_len], `loss_mask` float32[max_len] (1 where `tokens[t]` is an answer
   token or the final eos — the loss of predicting `tokens[t]` from position t-1 counts there),
@@ -132,6 +134,8 @@ def encode_qa(tokenizer, question: str, answer: str, max_len: int, system: str =
   """
   prompt_ids = _prompt_ids(tokenizer, question, system)
   answer_ids = _answer_ids(tokenizer, vicuna_prompt(question, system), answer.strip()) + [tokenizer.eos_token_id]
+  if truncate and len(prompt_ids) < max_len:
+    answer_ids = answer_ids[:max_len - len(prompt_ids)]
   length = len(prompt_ids) + len(answer_ids)
   if length > max_len:
     raise UserError(f"prompt ({len(prompt_ids)} tokens) + answer ({len(answer_ids)} tokens) = {length} tokens "
@@ -145,11 +149,12 @@ def encode_qa(tokenizer, question: str, answer: str, max_len: int, system: str =
 
 
 
-def encode_records(tokenizer, records: Sequence[dict], max_len: int, system: str = DEFAULT_SYSTEM):
+def encode_records(tokenizer, records: Sequence[dict], max_len: int, system: str = DEFAULT_SYSTEM,
+                   truncate: bool = False):
   """QA records ({question, answer}) -> an `ArraySource` with the columns the LM trainer, answer IG
   and scoring read: `tokens` (N, max_len), `length` (N,), `loss_mask` (N, max_len)."""
   from cu_jax.data.datasets import ArraySource
-  rows = [encode_qa(tokenizer, r["question"], r["answer"], max_len, system) for r in records]
+  rows = [encode_qa(tokenizer, r["question"], r["answer"], max_len, system, truncate) for r in records]
   return ArraySource(tokens=np.stack([r["tokens"] for r in rows]),
                      length=np.asarray([r["length"] for r in rows], np.int32),
                      loss_mask=np.stack([r["loss_mask"] for r in rows]))

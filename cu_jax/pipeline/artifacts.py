@@ -44,6 +44,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 from safetensors.numpy import save_file
 
@@ -128,6 +129,19 @@ class Workdir:
     """A finished unlearning method's summary, or None (an interrupted method has no model yet)."""
     summary = self.read_json(self.method_dir(name) / "summary.json")
     return summary if summary is not None and self.model_file(name).exists() else None
+
+  def run_methods(self, unlearn_one) -> dict:
+    """{method: summary} of every method of the run, each read back when it finished before or
+    made by `unlearn_one(name)` (which writes its model and summary)."""
+    summary = {}
+    for name in self.method_names():
+      summary[name] = self.method_summary(name)
+      if summary[name] is not None:
+        logging.info("unlearn %s: done already, skipped", name)
+        continue
+      summary[name] = unlearn_one(name)
+      logging.info("unlearn %s: %d steps in %.1f s", name, summary[name]["steps"], summary[name]["wall_s"])
+    return summary
 
   def model_file(self, name: str) -> pathlib.Path:
     raise NotImplementedError
@@ -396,12 +410,12 @@ class LLMArtifacts(Workdir):
     return self.config.data.system or text.DEFAULT_SYSTEM
 
   def encode(self, tokenizer, records: list[dict], generated: bool = False):
-    """QA records -> the `ArraySource` the LM trainer, IG and scoring read: `data.max_len` tokens,
-    or, for `generated` answers (up to `evaluate.max_new_tokens` after the prompt, and a few more
-    once decoded and encoded again), that many more."""
+    """QA records -> the `ArraySource` the LM trainer, IG and scoring read: `data.max_len` tokens.
+    `generated` answers get `evaluate.max_new_tokens` more, and are cut to fit (a degenerate answer
+    can take more tokens once decoded and encoded again than it was generated in)."""
     cfg = self.config
-    max_len = cfg.data.max_len + (cfg.evaluate.max_new_tokens + 8 if generated else 0)
-    return text.encode_records(tokenizer, records, max_len, self.system)
+    max_len = cfg.data.max_len + (cfg.evaluate.max_new_tokens if generated else 0)
+    return text.encode_records(tokenizer, records, max_len, self.system, truncate=generated)
 
   def corpus(self) -> list[dict]:
     """Every QA record of the run: the user's file (`data.qa_file`) or the generated identity corpus."""

@@ -53,6 +53,9 @@ def validate(ctx: Context) -> None:
   if cfg.shadow_models and cfg.shadow_models < 3:
     raise UserError(f"evaluate.shadow_models={cfg.shadow_models}: the U-LiRA audit fits each held-out shadow pair's "
                     "Gaussians on the other pairs and needs at least 3; use 0 (off) or 3 or more (8+ for a stable AUC)")
+  if cfg.shadow_models and "unlearn" not in ctx.config.stages:
+    raise UserError(f"evaluate.shadow_models={cfg.shadow_models} audits the unlearning methods, but 'unlearn' is not in "
+                    "--config.stages; add it, or set --config.evaluate.shadow_models=0")
   n_train = int((train_labels == forget).sum())
   if cfg.relearn_batch_size > n_train:
     raise UserError(f"evaluate.relearn_batch_size={cfg.relearn_batch_size} is larger than the {n_train} train images "
@@ -157,7 +160,7 @@ def run(ctx: Context) -> dict:
       results[name]["key_concept_importance"] = {bank.names[j]: float(imp[j]) for j in key}
     logging.info("evaluate: %s: %s", name, {k: round(v, 4) for k, v in results[name].items() if isinstance(v, float)})
   ulira = None
-  if cfg.evaluate.shadow_models and "unlearn" in cfg.stages:
+  if cfg.evaluate.shadow_models:
     ulira = _ulira(ctx, art, graphdef)
     for name, figures in ulira.items():
       results[name].update(ulira_auc=figures["auc"], ulira_tpr=figures["tpr_at_fpr"])

@@ -9,8 +9,6 @@ model's logits, its config section, a parameter mask) is declared where it is re
 
 from __future__ import annotations
 
-from absl import logging
-
 from cu_jax.parallel.mesh import check_global_batch
 from cu_jax.pipeline.artifacts import RETRAIN, ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
@@ -47,16 +45,7 @@ def _unlearn_one(ctx: Context, art: ImageArtifacts, name: str, data: methods.Unl
 @stage("unlearn", config_keys=("unlearn",), validate=validate)
 def run(ctx: Context) -> dict:
   art = ImageArtifacts(ctx)
-  names = art.method_names()
-  needs = methods.needs_of(names)
-  data = art.unlearn_data(needs)
+  data = art.unlearn_data(methods.needs_of(art.method_names()))
   graphdef, params = art.trained()
-  summary = {}
-  for name in names:
-    summary[name] = art.method_summary(name)
-    if summary[name] is not None:
-      logging.info("unlearn %s: done already, skipped", name)
-      continue
-    summary[name] = _unlearn_one(ctx, art, name, data, graphdef, params)
-    logging.info("unlearn %s: %d steps in %.1f s", name, summary[name]["steps"], summary[name]["wall_s"])
+  summary = art.run_methods(lambda name: _unlearn_one(ctx, art, name, data, graphdef, params))
   return {"methods": summary}

@@ -44,11 +44,16 @@ def _markdown(report: dict) -> str:
             f"{ev['examples'].get(EXAMPLE_SET, 0)} questions about the concept that no model was trained on. "
             f"Membership attacks: the trained forget QA against {ev['holdout']} QA of a decoy identity no model "
             "saw (0.5 = no signal).", "", "## Targets", ""]
+  rows = {}  # target -> model -> cell; the retrained model's value, where there is one, in its own column
   for t in report["targets"]:
-    ref = f" (retrained {t['reference']:.3f})" if "reference" in t else ""
-    lines.append(f"- {t['model']}: {t['target']}: {t['value']:.3f}{ref} — **{'met' if t['ok'] else 'missed'}**")
+    row = rows.setdefault(t["target"], {})
+    row[t["model"]] = f"{t['value']:.3g} {'met' if t['ok'] else '**missed**'}"
+    if "reference" in t:
+      row[RETRAIN] = f"{t['reference']:.3g}"
+  columns = [n for n in names if any(n in r for r in rows.values())]
+  lines += reporting.table(["target"] + columns, [[k] + [r.get(n, "") for n in columns] for k, r in rows.items()])
   lines += ["", "## Answers to paraphrased forget questions", ""]
-  lines += reporting.table(["question"] + names, [[e["question"]] + [e["answers"].get(n, "") for n in names]
+  lines += reporting.table(["question"] + names, [[_cell(e["question"])] + [_cell(e["answers"].get(n, "")) for n in names]
                                                   for e in report["examples"]])
   lines += ["", "## Every figure", ""]
   keys = sorted({k for m in models.values() for k in m if k != "wall_s"})
@@ -58,6 +63,12 @@ def _markdown(report: dict) -> str:
   lines += ["", f"{report['devices']} {report['platform']} device(s); seed {report['seed']}.", "",
             "![metrics](metrics.png) ![concepts](../concepts/concepts.png)", ""]
   return "\n".join(lines)
+
+
+def _cell(answer: str, width: int = 80) -> str:
+  """An answer as a table cell: one line, at most `width` characters, no column separator."""
+  answer = " ".join(answer.split()).replace("|", "\\|")
+  return answer if len(answer) <= width else answer[:width - 1] + "…"
 
 
 def _examples(art: LLMArtifacts, n: int = 8) -> list[dict]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 
-from absl import logging
 from flax import nnx
 from safetensors.numpy import save_file
 
@@ -74,16 +73,11 @@ def _unlearn_one(ctx: Context, art: LLMArtifacts, name: str, rows: list[dict], r
 @stage("unlearn", config_keys=("lora", "unlearn"), validate=validate, pipeline="llm")
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, LLMArtifacts(ctx)
-  names = art.method_names()
-  needs = text_methods.needs_of(names)
+  needs = text_methods.needs_of(art.method_names())
   train = art.records("train")
   poisoned = art.poisoned() if "poison" in needs else None
-  summary = {}
-  for name in names:
-    summary[name] = art.method_summary(name)
-    if summary[name] is not None:
-      logging.info("unlearn %s: done already, skipped", name)
-      continue
+
+  def unlearn_one(name: str) -> dict:
     method = text_methods.TEXT_METHODS.get(name)
     rows = method.build(train, poisoned, cfg.poison.retain_ratio, art.unlearn_seed)
     ref_nll = None
@@ -92,6 +86,6 @@ def run(ctx: Context) -> dict:
       nll, _ = score_tokens(model, art.encode(art.tokenizer(model.cfg.vocab_size), rows), ctx.mesh,
                             batch_size=cfg.evaluate.batch_size)
       ref_nll = nll.sum(axis=1)
-    summary[name] = _unlearn_one(ctx, art, name, rows, ref_nll)
-    logging.info("unlearn %s: %d steps in %.1f s", name, summary[name]["steps"], summary[name]["wall_s"])
-  return {"methods": summary}
+    return _unlearn_one(ctx, art, name, rows, ref_nll)
+
+  return {"methods": art.run_methods(unlearn_one)}
