@@ -164,7 +164,7 @@ def tiny(c: mlc.ConfigDict) -> mlc.ConfigDict:
   c.pretrain.batch_size = 16
   c.pretrain.num_epochs = 0.0
   c.pretrain.num_steps = 30
-  c.concepts.n_steps = 8
+  c.concepts.n_steps = 16  # 8 Gauss-Legendre points left an IG completeness gap of 0.55 on this model, 16 leave 0.07
   c.concepts.max_answers = 8
   c.unlearn.train.batch_size = 8
   c.unlearn.train.num_epochs = 0.0

@@ -144,6 +144,7 @@ class Workdir:
     return summary
 
   def model_file(self, name: str) -> pathlib.Path:
+    """The file whose presence marks a model as written (each pipeline's own format)."""
     raise NotImplementedError
 
   @property
@@ -265,7 +266,6 @@ class ImageArtifacts(Workdir):
   def export_dir(self, name: str) -> pathlib.Path:
     """The Hugging Face folder a model is exported to (the `export` stage)."""
     return self.dir("export") / name
-
 
   # -------------------------------------------------------------------- embeddings and concepts
 
