@@ -111,7 +111,7 @@ def test_llm_pipeline_two_processes_match_one_process(tmp_path):
   arrays under 2**14 elements whole): q/v/MLP kernels and embeddings of a 128-wide model, and
   rank-128 LoRA adapters (128 x 128). So the trained base model's export, the adapters' save,
   the merge and the unlearned model's export all read arrays split over both processes' devices.
-  Cost: about 60 s + 120 s on a 2-core machine.
+  Cost: about 95 s for both runs on a 2-core machine.
   """
   import transformers
   from safetensors.numpy import load_file

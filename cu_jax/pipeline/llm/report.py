@@ -40,10 +40,14 @@ def _markdown(report: dict) -> str:
   lines += reporting.table(["model"] + [h for _, h in shown] + ["unlearn s"],
                            [[n] + [reporting.fmt(models[n].get(k)) for k, _ in shown]
                             + [reporting.fmt(unlearn.get(n, {}).get("wall_s"))] for n in names])
-  lines += ["", f"Appearance: the share of greedy answers naming a concept word. Paraphrases: "
-            f"{ev['examples'].get(EXAMPLE_SET, 0)} questions about the concept that no model was trained on. "
-            f"Membership attacks: the trained forget QA against {ev['holdout']} QA of a decoy identity no model "
-            "saw (0.5 = no signal).", "", "## Targets", ""]
+  n_para = ev["examples"].get(EXAMPLE_SET, 0)
+  lines += ["", "Appearance: the share of greedy answers naming a concept word. "
+            + (f"Paraphrases: {n_para} questions about the concept that no model was trained on. " if n_para else
+               "No paraphrases in this QA set (records of group `paraphrase`). ")
+            + (f"Membership attacks: the trained forget QA against {ev['holdout']} QA no model saw (for the generated "
+               "corpus, the forget questions answered with a decoy identity; 0.5 = no signal)." if ev["holdout"] else
+               "No membership audit: the QA set has no records of group `holdout` (QA no model saw)."),
+            "", "## Targets", ""]
   rows = {}  # target -> model -> cell; the retrained model's value, where there is one, in its own column
   for t in report["targets"]:
     row = rows.setdefault(t["target"], {})
