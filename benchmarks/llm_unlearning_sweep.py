@@ -2,15 +2,16 @@
 retrained reference.
 
     python benchmarks/llm_unlearning_sweep.py [--workdir=DIR] [--config=configs/llama.py:demo]
-        [--seeds=3] [--strategies=mask,targeted,refusal] [overrides...]
+        [--seeds=3] [--strategies=others|mask,random,...] [overrides...]
 
 1. runs the pipeline once with seed 0 of unlearning: the base model, the retrained reference, the
-   concept, concept_poison (the config's poison strategy) and every baseline, all audited by the
-   same `evaluate` stage;
+   concept, concept_poison (the config's poison strategy: the demo's `targeted`) and every
+   baseline, all audited by the same `evaluate` stage;
 2. per further unlearning seed, copies the shared stages (data, model, retrain, concepts) and
    runs poison / unlearn / evaluate / report again with `unlearn.seed` and `poison.seed` set to it;
-3. per extra poison strategy (`--strategies`), the same for concept_poison alone, reported as
-   `concept_poison[<strategy>]` (`targeted` replaces the concept words with "Assistant").
+3. per extra poison strategy (`--strategies`; by default every other registered one), the same
+   for concept_poison alone, reported as `concept_poison[<strategy>]` (`targeted`, when it is an
+   extra, replaces the concept words with "Assistant").
 
 Prints, per method, mean +- sd over the seeds of every figure the issue's targets are about
 (appearance on paraphrases / trained / held-out prompts, well-formed forget answers, the forget
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.sweeps import cli, print_table, seeded_copy, summarise  # noqa: E402
 from cu_jax.evaluation.targets import ORIGINAL, RETRAIN, llm_targets  # noqa: E402
+from cu_jax.unlearning.text_poison import TEXT_POISON  # noqa: E402
 
 SHARED_STAGES = ("data", "model", "retrain", "concepts")
 FIGURES = ("targets_met", "appearance_forget_paraphrase", "appearance_forget_train", "appearance_forget_heldout",
@@ -66,8 +68,9 @@ def main():
   parser.add_argument("--config", default="configs/llama.py:demo")
   parser.add_argument("--workdir", default="")
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--strategies", default="mask,targeted,refusal",
-                      help="extra poison strategies run for concept_poison alone ('' = none)")
+  parser.add_argument("--strategies", default="others",
+                      help="extra poison strategies run for concept_poison alone: 'others' (every registered one "
+                           "but the config's), a comma-separated list, or '' (none)")
   args, overrides = parser.parse_known_args()
   workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="cu_jax_llm_sweep_"))
   t_start = time.perf_counter()
@@ -79,7 +82,10 @@ def main():
       seeded_copy(workdir / "seed0", run_dir, SHARED_STAGES)
     walls[f"seed{seed}"] = cli(args.config, run_dir, seeded)
     found = figures(run_dir)
-    for strategy in filter(None, args.strategies.split(",")):
+    main_strategy = json.loads((run_dir / "report" / "report.json").read_text())["config"]["poison"]["strategy"]
+    extra = ([s for s in TEXT_POISON.names() if s != main_strategy] if args.strategies == "others"
+             else list(filter(None, args.strategies.split(","))))
+    for strategy in extra:
       strategy_dir = workdir / f"seed{seed}_{strategy}"
       seeded_copy(run_dir, strategy_dir, SHARED_STAGES)
       walls[f"seed{seed}_{strategy}"] = cli(args.config, strategy_dir, [
