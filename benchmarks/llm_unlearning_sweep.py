@@ -23,7 +23,6 @@ Extra arguments are config overrides given to every run.
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweeps import cli, print_table, seeded_copy, summarise  # noqa: E402
+from benchmarks.sweeps import cli, finish, seeded_copy, summarise  # noqa: E402
 from cu_jax.evaluation.targets import ORIGINAL, RETRAIN, llm_targets  # noqa: E402
 from cu_jax.unlearning.text_poison import TEXT_POISON  # noqa: E402
 
@@ -94,14 +93,9 @@ def main():
       found[f"concept_poison[{strategy}]"] = figures(strategy_dir)["concept_poison"]
     runs.append({"seed": seed, "figures": found})
   table = summarise(runs, FIGURES, rank_by="targets_met", lower_is_better=False)
-  total = time.perf_counter() - t_start
-  (workdir / "sweep.json").write_text(json.dumps({"runs": runs, "summary": table, "wall_s": walls,
-                                                  "total_s": total}, indent=1))
-  print(f"\nLLM unlearning sweep ({args.config}): {args.seeds} seeds of unlearning, {os.cpu_count()} CPU cores; "
-        f"mean +- sd over the seeds (rank: by targets met, 1 = most)")
-  print_table(table, ("rank",) + FIGURES)
-  print("\ncost (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f} s")
-  print(f"written: {workdir / 'sweep.json'}")
+  title = (f"LLM unlearning sweep ({args.config}): {args.seeds} seeds of unlearning, mean +- sd over the seeds "
+           "(rank: by targets met, 1 = most)")
+  finish(workdir, title, runs, table, walls, FIGURES, t_start)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ workdir, and mean +- sd tables over runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -70,3 +71,15 @@ def print_table(table: dict, figures: Sequence[str]) -> None:
   print("model".ljust(first) + "".join(k.rjust(w) for k, w in zip(shown, widths)))
   for name, row in cells.items():
     print(name.ljust(first) + "".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
+def finish(workdir: pathlib.Path, title: str, runs: list[dict], table: dict, walls: dict[str, float],
+           figures: Sequence[str], t_start: float) -> None:
+  """Writes `<workdir>/sweep.json` and prints the table under `title`, each run's cost and the total."""
+  total = time.perf_counter() - t_start
+  (workdir / "sweep.json").write_text(json.dumps({"runs": runs, "summary": table, "wall_s": walls,
+                                                  "total_s": total}, indent=1))
+  print(f"\n{title}; {os.cpu_count()} CPU cores")
+  print_table(table, ("rank",) + tuple(figures))
+  print("\ncost (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f} s")
+  print(f"written: {workdir / 'sweep.json'}")

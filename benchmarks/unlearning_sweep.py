@@ -22,7 +22,6 @@ every run (e.g. `--config.evaluate.shadow_models=8`).
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweeps import cli, print_table, seeded_copy, summarise  # noqa: E402
+from benchmarks.sweeps import cli, finish, seeded_copy, summarise  # noqa: E402
 from cu_jax.unlearning.methods import METHODS  # noqa: E402
 
 SHARED_STAGES = ("train", "embed", "concepts", "pcbm", "retrain", "attribute")  # the same for every seed
@@ -91,14 +90,8 @@ def main():
         found[f"{method}[{strategy}]"] = figures(strategy_dir)[method]
       runs.append({"class": cls, "seed": seed, "figures": found})
   table = summarise(runs, FIGURES, rank_by="avg_gap")
-  total = time.perf_counter() - t_start
-  (workdir / "sweep.json").write_text(json.dumps({"runs": runs, "summary": table, "wall_s": walls,
-                                                  "total_s": total}, indent=1))
-  print(f"\nunlearning sweep ({args.config}): classes {args.classes}, {args.seeds} seeds, {os.cpu_count()} CPU cores; "
-        f"mean +- sd over {len(runs)} runs")
-  print_table(table, ("rank",) + FIGURES)
-  print("\ncost (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f} s")
-  print(f"written: {workdir / 'sweep.json'}")
+  title = f"unlearning sweep ({args.config}): classes {args.classes}, {args.seeds} seeds, mean +- sd over {len(runs)} runs"
+  finish(workdir, title, runs, table, walls, FIGURES, t_start)
 
 
 if __name__ == "__main__":
