@@ -42,7 +42,7 @@ FIGURES = ("targets_met", "appearance_forget_paraphrase", "appearance_forget_tra
 REPLACEMENT = {"targeted": ["--config.poison.replacement=('Assistant',)"]}
 
 
-def figures(workdir: pathlib.Path, rename: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+def figures(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
   """model -> figure -> value from a finished run's report."""
   report = json.loads((workdir / "report" / "report.json").read_text())
   models = report["evaluate"]["models"]
@@ -58,7 +58,7 @@ def figures(workdir: pathlib.Path, rename: dict[str, str] | None = None) -> dict
     if name not in (ORIGINAL, RETRAIN):
       row["targets_met"] = sum(t["ok"] for t in llm_targets(models, name))
       row["unlearn_s"] = unlearn[name]["wall_s"]
-    out[(rename or {}).get(name, name)] = row
+    out[name] = row
   return out
 
 

@@ -19,6 +19,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
 
 
+def tuple_value(names) -> str:
+  """A tuple config override's value: ("a", "b",)."""
+  return "(" + ",".join(f'"{n}"' for n in names) + ",)"
+
+
 def cli(config: str, workdir: pathlib.Path, overrides: Sequence[str]) -> float:
   """Runs the CLI; returns its wall time (s)."""
   t0 = time.perf_counter()

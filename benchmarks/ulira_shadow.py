@@ -25,6 +25,9 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.sweeps import ENV, tuple_value  # noqa: E402
 
 SMALL = ["--config.model.width=64", "--config.model.depth=2", "--config.model.heads=2", "--config.model.mlp_dim=128",
          "--config.train.num_epochs=40", "--config.optim.warmup_steps=50"]
@@ -39,9 +42,9 @@ def main():
                       help="baselines audited beside unlearn.method")
   args, overrides = parser.parse_known_args()
   workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="cu_jax_ulira_"))
-  baselines = "(" + ",".join(f'"{m}"' for m in args.methods.split(",") if m) + ",)"
-  env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000",
-             JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="cu_jax_xla_cache_"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  baselines = tuple_value(m for m in args.methods.split(",") if m)
+  env = dict(ENV, JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="cu_jax_xla_cache_"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   t0 = time.perf_counter()
   subprocess.run([sys.executable, "-m", "cu_jax.main", f"--config={args.config}", f"--workdir={workdir}", *SMALL,
                   f"--config.evaluate.shadow_models={args.pairs}", f"--config.unlearn.baselines={baselines}",

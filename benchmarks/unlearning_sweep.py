@@ -31,7 +31,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweeps import cli, finish, seeded_copy, summarise  # noqa: E402
+from benchmarks.sweeps import cli, finish, seeded_copy, summarise, tuple_value  # noqa: E402
 from cu_jax.unlearning.methods import METHODS  # noqa: E402
 
 SHARED_STAGES = ("train", "embed", "concepts", "pcbm", "retrain", "attribute")  # the same for every seed
@@ -40,7 +40,7 @@ FIGURES = ("avg_gap", "acc_forget_train", "acc_forget_test", "acc_retain_test", 
            "ulira_auc", "ulira_tpr", "unlearn_s")
 
 
-def figures(workdir: pathlib.Path, rename: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+def figures(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
   """model -> figure -> value from a finished run's report."""
   report = json.loads((workdir / "report" / "report.json").read_text())
   gap = report["avg_gap"]["models"] if report.get("avg_gap") else {}
@@ -52,7 +52,7 @@ def figures(workdir: pathlib.Path, rename: dict[str, str] | None = None) -> dict
       row["avg_gap"] = gap[name]["avg_gap"]
     if name in unlearn_s:
       row["unlearn_s"] = unlearn_s[name]
-    out[(rename or {}).get(name, name)] = row
+    out[name] = row
   return out
 
 
@@ -78,8 +78,8 @@ def main():
                 f"--config.poison.seed={seed}", *overrides]
       if seed:
         seeded_copy(workdir / cls / "seed0", run_dir, SHARED_STAGES)
-      baselines = "(" + ",".join(f'"{m}"' for m in every) + ",)"
-      walls[f"{cls}/seed{seed}"] = cli(args.config, run_dir, [*seeded, f"--config.unlearn.baselines={baselines}"])
+      walls[f"{cls}/seed{seed}"] = cli(args.config, run_dir,
+                                       [*seeded, f"--config.unlearn.baselines={tuple_value(every)}"])
       found = figures(run_dir)
       for strategy in filter(None, args.strategies.split(",")):
         strategy_dir = workdir / cls / f"seed{seed}_{strategy}"
@@ -90,7 +90,8 @@ def main():
         found[f"{method}[{strategy}]"] = figures(strategy_dir)[method]
       runs.append({"class": cls, "seed": seed, "figures": found})
   table = summarise(runs, FIGURES, rank_by="avg_gap")
-  title = f"unlearning sweep ({args.config}): classes {args.classes}, {args.seeds} seeds, mean +- sd over {len(runs)} runs"
+  title = (f"unlearning sweep ({args.config}): classes {args.classes}, {args.seeds} seeds, "
+           f"mean +- sd over {len(runs)} runs")
   finish(workdir, title, runs, table, walls, FIGURES, t_start)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-
 from cu_jax.data import text
 from cu_jax.evaluation.text_metrics import (appearance_rate, mean_rouge_l, membership_auc, membership_scores,
                                             perplexity)

@@ -122,6 +122,15 @@ class Workdir:
     names = [ORIGINAL] + (self.method_names() if "unlearn" in stages else [])
     return names + ([RETRAIN] if "retrain" in stages or self.done(RETRAIN) is not None else [])
 
+  def check_methods(self, registry) -> None:
+    """Every method of the run is in `registry` (UserError naming the field and the valid names),
+    and none is the retrained reference, which is a stage of its own."""
+    for name in self.method_names():
+      if name == RETRAIN:
+        raise UserError("'retrain' is its own stage (listed in --config.stages), not an unlearn.method or "
+                        "baseline; remove it from unlearn.baselines")
+      registry.get(name, "unlearn.method" if name == self.config.unlearn.method else "unlearn.baselines")
+
   def method_dir(self, name: str) -> pathlib.Path:
     return self.dir("unlearn") / name
 

@@ -10,7 +10,7 @@ model's logits, its config section, a parameter mask) is declared where it is re
 from __future__ import annotations
 
 from cu_jax.parallel.mesh import check_global_batch
-from cu_jax.pipeline.artifacts import RETRAIN, ImageArtifacts
+from cu_jax.pipeline.artifacts import ImageArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.training import optim, trainer
 from cu_jax.unlearning import methods
@@ -20,11 +20,7 @@ from cu_jax.utils.errors import UserError
 
 def validate(ctx: Context) -> None:
   cfg, art = ctx.config.unlearn, ImageArtifacts(ctx)
-  for name in art.method_names():
-    if name == RETRAIN:
-      raise UserError("'retrain' is its own stage (listed in --config.stages), not an unlearn.method or "
-                      "baseline; remove it from unlearn.baselines")
-    methods.METHODS.get(name, "unlearn.method" if name == cfg.method else "unlearn.baselines")
+  art.check_methods(methods.METHODS)
   if cfg.scope not in methods.SCOPES:
     raise UserError(f"unknown unlearn.scope {cfg.scope!r}; valid: {', '.join(map(repr, methods.SCOPES))}")
   optim.OPTIMIZERS.get(cfg.optim.name, "unlearn.optim.name")

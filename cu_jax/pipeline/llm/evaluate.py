@@ -1,10 +1,10 @@
 """LLM stage `evaluate`: every model of the run (the original, each unlearning method, the retrained
 reference) answers the forget questions (trained, held-out wordings, paraphrases) and the retain
 questions (trained, held-out); per set the appearance rate, ROUGE-L and perplexity
-(`cu_jax.evaluation.llm_audit`), and the well-formed rate of the forget answers; the loss and Min-K% membership attacks (the trained forget
-QA against the `holdout` QA no model saw); and, with a retrained reference, the perplexity of each
-model's forget answers under the retrained model (fluency: gibberish scores high). Every
-generation goes to `evaluate/generations.jsonl`."""
+(`cu_jax.evaluation.llm_audit`), and the well-formed rate of the forget answers; the loss and
+Min-K% membership attacks (the trained forget QA against the `holdout` QA no model saw); and, with
+a retrained reference, the perplexity of each model's forget answers under the retrained model
+(fluency: gibberish scores high). Every generation goes to `evaluate/generations.jsonl`."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ def run(ctx: Context) -> dict:
   # Well-formed answers use only words the models were trained on, or a refusal's.
   vocabulary = words_of(r["question"] + " " + r["answer"] for r in art.records("train")) | words_of(REFUSALS)
   holdout = art.records("holdout")
+  # The membership audit's members and non-members, encoded once: every model reads the run's tokenizer.
+  audited = None
+  if holdout and "forget_train" in sets:
+    tokenizer = art.tokenizer()
+    audited = art.encode(tokenizer, sets["forget_train"]), art.encode(tokenizer, holdout)
   results, generations, rows = {}, {}, []
   for name in art.model_names():
     model = art.load_model(art.model_dir(name))
@@ -49,10 +54,8 @@ def run(ctx: Context) -> dict:
         batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
     results[name]["well_formed_forget"] = well_formed_rate(
         [g for s in FORGET_SETS if s in sets for g in generations[name][s]], vocabulary)
-    if holdout and "forget_train" in sets:
-      results[name].update(llm_audit.membership(model, art.encode(tokenizer, sets["forget_train"]),
-                                                art.encode(tokenizer, holdout), ctx.mesh,
-                                                batch_size=ev.batch_size, k=ev.min_k))
+    if audited:
+      results[name].update(llm_audit.membership(model, *audited, ctx.mesh, batch_size=ev.batch_size, k=ev.min_k))
     results[name]["wall_s"] = time.perf_counter() - t0
     logging.info("evaluate %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
     rows += [{"model": name, "set": s, "question": r["question"], "reference": r["answer"], "generated": g}

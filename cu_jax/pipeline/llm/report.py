@@ -57,8 +57,8 @@ def _markdown(report: dict) -> str:
   columns = [n for n in names if any(n in r for r in rows.values())]
   lines += reporting.table(["target"] + columns, [[k] + [r.get(n, "") for n in columns] for k, r in rows.items()])
   lines += ["", "## Answers to paraphrased forget questions", ""]
-  lines += reporting.table(["question"] + names, [[_cell(e["question"])] + [_cell(e["answers"].get(n, "")) for n in names]
-                                                  for e in report["examples"]])
+  lines += reporting.table(["question"] + names, [
+      [_cell(e["question"])] + [_cell(e["answers"].get(n, "")) for n in names] for e in report["examples"]])
   lines += ["", "## Every figure", ""]
   keys = sorted({k for m in models.values() for k in m if k != "wall_s"})
   lines += reporting.table(["metric"] + names, [[k] + [reporting.fmt(models[n].get(k)) for n in names] for k in keys])

@@ -12,7 +12,6 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from cu_jax.data.datasets import ArraySource
-from cu_jax.evaluation.targets import RETRAIN
 from cu_jax.models.hf_llama import save_merged_hf_llama
 from cu_jax.models.lora import TRAINABLE, add_lora, lora_deltas
 from cu_jax.parallel.host import to_host
@@ -22,29 +21,28 @@ from cu_jax.training.lm import score_tokens, train_lm
 from cu_jax.training.optim import OPTIMIZERS
 from cu_jax.training.trainer import check_steps, param_count
 from cu_jax.unlearning import text_methods
-from cu_jax.utils.errors import UserError
 
 
 def validate(ctx: Context) -> None:
   cfg, art = ctx.config, LLMArtifacts(ctx)
-  for name in art.method_names():
-    if name == RETRAIN:
-      raise UserError("'retrain' is its own stage (listed in --config.stages), not an unlearn.method or "
-                      "baseline; remove it from unlearn.baselines")
-    text_methods.TEXT_METHODS.get(name, "unlearn.method" if name == cfg.unlearn.method else "unlearn.baselines")
+  art.check_methods(text_methods.TEXT_METHODS)
   OPTIMIZERS.get(cfg.unlearn.optim.name, "unlearn.optim.name")
   add_lora(art.abstract_base(), cfg.lora.targets, rank=cfg.lora.rank, alpha=cfg.lora.alpha)  # targets exist, rank > 0
   check_steps(cfg.unlearn.train, len(art.split_corpus()[0]), "unlearn.train")
 
 
-def _unlearn_one(ctx: Context, art: LLMArtifacts, name: str, rows: list[dict], ref_nll) -> dict:
+def _unlearn_one(ctx: Context, art: LLMArtifacts, name: str, rows: list[dict]) -> dict:
   cfg, out = ctx.config, art.method_dir(name)
   model = art.load_model(art.base_model_dir)
   tokenizer = art.tokenizer(model.cfg.vocab_size)
+  encoded = art.encode(tokenizer, rows)
+  ref_nll = None
+  if "reference" in text_methods.TEXT_METHODS.get(name).needs:  # the base model's summed answer NLL (NPO)
+    ref_nll = score_tokens(model, encoded, ctx.mesh, batch_size=cfg.evaluate.batch_size)[0].sum(axis=1)
   seed = art.unlearn_seed
   adapted = add_lora(model, cfg.lora.targets, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                      seed=seed)
-  source = ArraySource(**text_methods.columns(art.encode(tokenizer, rows), rows, ref_nll))
+  source = ArraySource(**text_methods.columns(encoded, rows, ref_nll))
   objective = text_methods.unlearning_objective(cfg.unlearn.ascent_cap, cfg.unlearn.npo_beta)
   result = train_lm(model, source, trainable=TRAINABLE, train_cfg=cfg.unlearn.train, optim_cfg=cfg.unlearn.optim,
                     mesh=ctx.mesh, checkpoint_dir=out / "checkpoints", seed=seed, name=f"unlearn {name}",
@@ -78,14 +76,7 @@ def run(ctx: Context) -> dict:
   poisoned = art.poisoned() if "poison" in needs else None
 
   def unlearn_one(name: str) -> dict:
-    method = text_methods.TEXT_METHODS.get(name)
-    rows = method.build(train, poisoned, cfg.poison.retain_ratio, art.unlearn_seed)
-    ref_nll = None
-    if "reference" in method.needs:  # the base model's summed answer NLL of every row (NPO)
-      model = art.load_model(art.base_model_dir)
-      nll, _ = score_tokens(model, art.encode(art.tokenizer(model.cfg.vocab_size), rows), ctx.mesh,
-                            batch_size=cfg.evaluate.batch_size)
-      ref_nll = nll.sum(axis=1)
-    return _unlearn_one(ctx, art, name, rows, ref_nll)
+    rows = text_methods.TEXT_METHODS.get(name).build(train, poisoned, cfg.poison.retain_ratio, art.unlearn_seed)
+    return _unlearn_one(ctx, art, name, rows)
 
   return {"methods": art.run_methods(unlearn_one)}
