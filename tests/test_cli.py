@@ -177,6 +177,26 @@ def test_cli_killed_run_resumes_to_the_same_result(finished_run, tmp_path):
   assert done["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-6)
 
 
+def test_cli_resumes_past_a_save_the_kill_left_unfinished(finished_run, tmp_path):
+  """A run killed while orbax wrote a step leaves `<step>.orbax-checkpoint-tmp` with partial files:
+  the resume reads the last complete step and ignores it (the kill above hits this by chance)."""
+  workdir, data_dir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("embed", "concepts", "pcbm", "retrain", "attribute",
+                                                               "poison", "unlearn", "evaluate", "report"))
+  for name in ("done.json", "model.safetensors"):
+    (copy / "train" / name).unlink()
+  last = _checkpoint_step(copy)
+  unfinished = last.parent / f"{int(last.name) + 20}.orbax-checkpoint-tmp"
+  shutil.copytree(last, unfinished)
+  (unfinished / "_CHECKPOINT_METADATA").write_text("")  # (what the CI run's kill left)
+  proc = _cli(copy, "--config.stages=('train',)", data_dir=data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resumed from the checkpoint at step {last.name}" in proc.stderr
+  done = json.loads((copy / "train" / "done.json").read_text())
+  assert done["test"] == json.loads((workdir / "train" / "done.json").read_text())["test"]
+
+
 def test_cli_a_previous_runs_checkpoints_are_the_original_and_the_retrained_model(finished_run, tmp_path):
   """--config.train.trained / retrain.trained = another run's checkpoints: loaded, not trained, the
   same models."""

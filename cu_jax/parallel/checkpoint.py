@@ -23,6 +23,11 @@ from cu_jax.utils.errors import UserError
 from cu_jax.utils.files import DamagedFile, load_safetensors
 
 
+# The suffix of the folder orbax writes a step into before renaming it to the step's number: one
+# left behind by a killed run is an unfinished save, never read, and replaced if that step is saved again.
+UNFINISHED_SAVE = ".orbax-checkpoint-tmp"
+
+
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays: an orbax restore target."""
   def leaf(x):

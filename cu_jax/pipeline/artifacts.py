@@ -57,7 +57,7 @@ from cu_jax.models import trained as given
 from cu_jax.models.factory import build_model
 from cu_jax.models.hf_llama import llama_config_from_hf, load_hf_llama, read_hf_llama_config, save_hf_llama
 from cu_jax.models.llama import Llama, LlamaConfig
-from cu_jax.parallel.checkpoint import Checkpointer, load_params, save_params
+from cu_jax.parallel.checkpoint import UNFINISHED_SAVE, Checkpointer, load_params, save_params
 from cu_jax.parallel.mesh import fsdp_spec
 from cu_jax.pipeline.runner import Context
 from cu_jax.training.lm import train_lm
@@ -185,6 +185,8 @@ class Workdir:
       if not (folder / name).exists():
         raise files.DamagedFile(folder / name, "missing")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+      if any(part.endswith(UNFINISHED_SAVE) for part in path.relative_to(folder).parts):
+        continue  # a save a killed run left unfinished: orbax never reads it
       if path.name in ORBAX_JSON:  # orbax's own JSON, read before orbax is asked to open the checkpoint
         files.read_json(path)
       elif path.suffix in _CHECKS and "checkpoints" not in path.relative_to(folder).parts:
