@@ -197,6 +197,22 @@ def test_cli_resumes_past_a_save_the_kill_left_unfinished(finished_run, tmp_path
   assert done["test"] == json.loads((workdir / "train" / "done.json").read_text())["test"]
 
 
+def test_cli_interrupted_evaluation_reads_back_the_models_it_finished(finished_run, tmp_path):
+  workdir, data_dir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("report"))
+  (copy / "evaluate" / "done.json").unlink()
+  (copy / "evaluate" / "metrics.json").unlink()
+  (copy / "evaluate" / "models" / "scrub.json").unlink()  # (the model the interruption hit)
+  proc = _cli(copy, data_dir=data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  names = json.loads((workdir / "evaluate" / "metrics.json").read_text())["models"]
+  read_back = {m for m in names if f"evaluate: {m} outputs + relearn test done already" in proc.stderr}
+  assert read_back == set(names) - {"scrub"}
+  assert (json.loads((copy / "evaluate" / "metrics.json").read_text())
+          == json.loads((workdir / "evaluate" / "metrics.json").read_text()))
+
+
 def test_cli_a_previous_runs_checkpoints_are_the_original_and_the_retrained_model(finished_run, tmp_path):
   """--config.train.trained / retrain.trained = another run's checkpoints: loaded, not trained, the
   same models."""
@@ -247,6 +263,9 @@ DAMAGE = [
      ("--config.stages=('train',)",), "orbax cannot read it"),
     ("checkpoint manager metadata", lambda w: _garbage(_checkpoint_step(w) / "_CHECKPOINT_METADATA"), (),
      "_CHECKPOINT_METADATA is damaged"),
+    ("an audited model's record, resumed", lambda w: ((w / "evaluate" / "models" / "scrub.json").write_text("{}"),
+                                                      (w / "evaluate" / "done.json").unlink()), (),
+     "evaluate/models/scrub.json is damaged (not an audit record"),
     ("retrained model truncated", lambda w: _truncate(w / "retrain" / "model.safetensors"), (),
      "retrain/model.safetensors is damaged (truncated"),
     ("unlearned model garbage", lambda w: _garbage(w / "unlearn" / "scrub" / "model.safetensors"), (),

@@ -119,6 +119,23 @@ def test_llm_cli_bad_inputs(tmp_path):
     assert not (tmp_path / name).exists(), name  # refused before anything was written
 
 
+def test_llm_cli_interrupted_evaluation_reads_back_the_models_it_finished(llm_run, tmp_path):
+  import shutil
+  copy = tmp_path / "run"
+  shutil.copytree(llm_run, copy, ignore=shutil.ignore_patterns("report"))
+  (copy / "evaluate" / "done.json").unlink()
+  (copy / "evaluate" / "models" / "grad_ascent.json").unlink()  # (the model the interruption hit)
+  proc = _cli(copy)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  read_back = {m for m in ("original", *METHODS, "retrain") if f"evaluate {m}: done already" in proc.stderr}
+  assert read_back == {"original", *METHODS, "retrain"} - {"grad_ascent"}
+  without_time = lambda path: {m: {k: v for k, v in f.items() if k != "wall_s"}
+                               for m, f in json.loads(path.read_text())["models"].items()}
+  assert without_time(copy / "evaluate" / "done.json") == without_time(llm_run / "evaluate" / "done.json")
+  assert (copy / "evaluate" / "generations.jsonl").read_text() == (llm_run / "evaluate" / "generations.jsonl").read_text()
+  assert (copy / "report" / "report.md").exists()
+
+
 def _resume_unlearn_from_a_damaged_checkpoint(w):
   step = max((p for p in (w / "unlearn" / "concept_poison" / "checkpoints").iterdir() if p.name.isdigit()),
              key=lambda p: int(p.name))
@@ -128,6 +145,12 @@ def _resume_unlearn_from_a_damaged_checkpoint(w):
 
 LLM_DAMAGE = [
     ("resumed LoRA checkpoint", _resume_unlearn_from_a_damaged_checkpoint, "state/_METADATA is damaged (not JSON"),
+    ("a finished model's audit, resumed", lambda w: (_garbage(w / "evaluate" / "models" / "npo.json"),
+                                                     (w / "evaluate" / "done.json").unlink()),
+     "evaluate/models/npo.json is damaged (not JSON"),
+    ("a finished model's audit without its answers", lambda w: (
+        (w / "evaluate" / "models" / "idk.json").write_text('{"metrics": {}}'), (w / "evaluate" / "done.json").unlink()),
+     "evaluate/models/idk.json is damaged (not an audit record"),
     ("QA split", lambda w: (w / "data" / "train.jsonl").write_text("{\"question\": \n"), "data/train.jsonl is damaged"),
     ("exported base model", lambda w: _garbage(w / "model" / "hf" / "model.safetensors"),
      "model/hf/model.safetensors is damaged"),

@@ -16,7 +16,9 @@ Image pipeline (`ImageArtifacts`)
               saliency_maps.npy, *.png
   poison/     {index,image,label,target,retain_index}.npy, poisoned.png
   unlearn/    <method>/{checkpoints/, metrics.jsonl, model.safetensors, summary.json}
-  evaluate/   metrics.json, loss_<model>_<subset>.npy, importance_<model>.npy, tensorboard/<model>/
+  evaluate/   metrics.json, loss_<model>_<subset>.npy, importance_<model>.npy, tensorboard/<model>/,
+              models/<model>.{safetensors,json} (each model's outputs and relearn figures, read back
+              by an interrupted evaluation)
   report/     report.json, report.md, *.png
   export/     <model>/{config.json, model.safetensors, preprocessor_config.json}  (export.hf: Hugging
               Face ViTForImageClassification folders of the original, each method, the retrained model)
@@ -28,7 +30,8 @@ LLM pipeline (`LLMArtifacts`)
   concepts/   concepts.json, concepts.png
   poison/     train.jsonl (concept_poison's fine-tuning set)
   unlearn/    <method>/{checkpoints/, metrics.jsonl, adapters.safetensors, hf/, summary.json}
-  evaluate/   generations.jsonl, tensorboard/<model>/
+  evaluate/   generations.jsonl, tensorboard/<model>/, models/<model>.json (each model's figures and
+              answers, read back by an interrupted evaluation)
   report/     report.json, report.md, metrics.png
 
 Every metrics.jsonl has a TensorBoard event file beside it (`tensorboard --logdir=<workdir>`).
@@ -52,6 +55,7 @@ from cu_jax.concepts import pcbm
 from cu_jax.concepts.bank import ConceptBank
 from cu_jax.data import qa_corpus, text
 from cu_jax.data.datasets import read_arrays
+from cu_jax.evaluation.metrics import ModelOutputs
 from cu_jax.evaluation.targets import ORIGINAL, RETRAIN  # the two reference models' names
 from cu_jax.models import trained as given
 from cu_jax.models.factory import build_model
@@ -160,6 +164,22 @@ class Workdir:
   def unlearn_seed(self) -> int:
     """The seed of unlearning's randomness: the run's `seed` plus `unlearn.seed`."""
     return self.config.seed + self.config.unlearn.seed
+
+  def audit_record(self, model: str) -> pathlib.Path:
+    """`evaluate/models/<model>.json`, written as soon as a model is audited: an interrupted
+    evaluation reads back the models it finished."""
+    return self.dir("evaluate") / "models" / f"{model}.json"
+
+  def saved_audit(self, model: str, keys: tuple[str, ...]) -> dict | None:
+    """The record `audit_record(model)` holds, or None when there is none; `DamagedFile` when it
+    lacks one of `keys`."""
+    path = self.audit_record(model)
+    if not path.exists():
+      return None
+    record = files.read_json(path)
+    if not isinstance(record, dict) or not set(keys) <= set(record):
+      raise files.DamagedFile(path, f"not an audit record: it needs the keys {', '.join(keys)}")
+    return record
 
   def write_audit_board(self, results: dict[str, dict]) -> None:
     """The audit's figures as TensorBoard scalars beside the training curves: one run per model
@@ -392,6 +412,39 @@ class ImageArtifacts(Workdir):
 
   def evaluation(self) -> dict | None:
     return self.read_json(self.metrics_file)
+
+  def _outputs_files(self, model: str) -> tuple[pathlib.Path, pathlib.Path]:
+    record = self.audit_record(model)
+    return record.with_suffix(".safetensors"), record
+
+  def save_outputs(self, model: str, outputs: ModelOutputs, extra: dict) -> None:
+    """A model's audited outputs and its per-model figures (`extra`, JSON), process 0; the JSON,
+    written last, marks them complete for `saved_outputs`."""
+    if not self.ctx.primary:
+      return
+    arrays_path, extra_path = self._outputs_files(model)
+    arrays = {f"{kind}/{subset}": np.ascontiguousarray(v) for kind in ("logits", "embed")
+              for subset, v in getattr(outputs, kind).items()}
+    if outputs.head is not None:
+      arrays["head/kernel"], arrays["head/bias"] = map(np.ascontiguousarray, outputs.head)
+    arrays_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = arrays_path.with_name(arrays_path.name + ".tmp")
+    save_file(arrays, str(tmp))
+    tmp.replace(arrays_path)
+    self.write_json(extra_path, extra)
+
+  def saved_outputs(self, model: str) -> tuple[ModelOutputs, dict] | None:
+    """(outputs, extra) that `save_outputs` wrote for `model`, or None."""
+    extra = self.saved_audit(model, ("relearn_steps",))
+    if extra is None:
+      return None
+    arrays_path = self._outputs_files(model)[0]
+    arrays = files.load_safetensors(arrays_path)
+    part = lambda kind: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(kind + "/")}
+    logits, embed, head = part("logits"), part("embed"), part("head")
+    if not logits or logits.keys() != embed.keys() or (head and head.keys() != {"kernel", "bias"}):
+      raise files.DamagedFile(arrays_path, "not a model's audited outputs (logits/, embed/ and head/ arrays)")
+    return ModelOutputs(logits=logits, embed=embed, head=(head["kernel"], head["bias"]) if head else None), extra
 
   def save_losses(self, model: str, losses: dict[str, np.ndarray]) -> None:
     self.save_arrays(self.dir("evaluate"), {k: v.astype(np.float32) for k, v in losses.items()},

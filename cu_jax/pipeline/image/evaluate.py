@@ -5,7 +5,8 @@ evaluation subsets (`cu_jax.evaluation.metrics`: all forget-class train samples,
 retained train samples, the test split), computes every registered metric, the relearn test
 (`cu_jax.evaluation.relearn`) and the forget class's concept importance under each model
 (`cu_jax.concepts.importance.model_importance`), and writes `evaluate/metrics.json` plus
-per-sample losses and importance vectors for the report's plots.
+per-sample losses and importance vectors for the report's plots. Each model's outputs are kept
+(`evaluate/models/`) as soon as they are computed: an interrupted evaluation reads them back.
 
 Concept importance under a model needs concept scores of the audited images and that model's
 softmax on them. A CAV bank lives in the classifier's own embeddings, so each model's scores are
@@ -138,12 +139,19 @@ def run(ctx: Context) -> dict:
   relearn = RelearnTest(graphdef, cfg.data, ctx.mesh, RelearnSettings.from_config(cfg.evaluate),
                         predict_step=predict_step, eval_batch_size=cfg.train.eval_batch_size)
   forget_test = images["test"][labels["test"] == forget]
+  # An interrupted evaluation reads back the models it finished (decided before this run writes any).
+  saved = {name: art.saved_outputs(name) for name in names}
   outputs, extra = {}, {}
   for name in names:
+    if saved[name] is not None:
+      outputs[name], extra[name] = saved[name]
+      logging.info("evaluate: %s outputs + relearn test done already, read back", name)
+      continue
     t0 = time.perf_counter()
     params = original if name == ORIGINAL else steps.replicate(art.load_model(name)[1], ctx.mesh)
     outputs[name] = M.model_outputs(predict_step, params, images, ctx.mesh, cfg.train.eval_batch_size)
     extra[name] = {"relearn_steps": relearn.steps_to_relearn(params, images["forget_train"], forget_test, forget)}
+    art.save_outputs(name, outputs[name], extra[name])
     logging.info("evaluate: %s outputs + relearn test in %.1f s", name, time.perf_counter() - t0)
   evalset = M.EvalSet(labels=labels, forget=forget, num_classes=ds.num_classes, original=outputs[ORIGINAL],
                       retrained=outputs.get(RETRAIN), **M.EvalSet.settings(cfg.evaluate))

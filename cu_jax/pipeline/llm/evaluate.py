@@ -4,7 +4,9 @@ questions (trained, held-out); per set the appearance rate, ROUGE-L and perplexi
 (`cu_jax.evaluation.llm_audit`), and the well-formed rate of the forget answers; the loss and
 Min-K% membership attacks (the trained forget QA against the `holdout` QA no model saw); and, with
 a retrained reference, the perplexity of each model's forget answers under the retrained model
-(fluency: gibberish scores high). Every generation goes to `evaluate/generations.jsonl`."""
+(fluency: gibberish scores high). Every generation goes to `evaluate/generations.jsonl`; each
+model's figures and answers also go to `evaluate/models/<model>.json` as soon as it is audited, and
+a resumed evaluation reads those back instead of generating again."""
 
 from __future__ import annotations
 
@@ -30,6 +32,25 @@ def _sets(art: LLMArtifacts, n: int) -> dict[str, list[dict]]:
   return {k: v[:n] if n else v for k, v in sets.items() if v}
 
 
+def _audit(ctx: Context, art: LLMArtifacts, name: str, sets, words, vocabulary, audited) -> tuple[dict, dict]:
+  """(figures, {set: generated answers}) of one model; the membership attacks when `audited`
+  holds (members, non-members)."""
+  ev = ctx.config.evaluate
+  model = art.load_model(art.model_dir(name))
+  tokenizer = art.tokenizer(model.cfg.vocab_size)
+  t0 = time.perf_counter()
+  figures, generated = llm_audit.audit(
+      model, tokenizer, sets, words, ctx.mesh, max_len=ctx.config.data.max_len, system=art.system,
+      batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+  figures["well_formed_forget"] = well_formed_rate(
+      [g for s in FORGET_SETS if s in sets for g in generated[s]], vocabulary)
+  if audited:
+    figures.update(llm_audit.membership(model, *audited, ctx.mesh, batch_size=ev.batch_size, k=ev.min_k))
+  figures["wall_s"] = time.perf_counter() - t0
+  logging.info("evaluate %s: %s", name, {k: round(v, 4) for k, v in figures.items()})
+  return figures, generated
+
+
 @stage("evaluate", config_keys=("evaluate",), pipeline="llm")
 def run(ctx: Context) -> dict:
   cfg, art = ctx.config, LLMArtifacts(ctx)
@@ -44,20 +65,17 @@ def run(ctx: Context) -> dict:
   if holdout and "forget_train" in sets:
     tokenizer = art.tokenizer()
     audited = art.encode(tokenizer, sets["forget_train"]), art.encode(tokenizer, holdout)
+  # An interrupted evaluation (hours of generation for 7B models) reads back the models it finished,
+  # decided once, before this run writes any.
+  saved = {name: art.saved_audit(name, ("metrics", "generations")) for name in art.model_names()}
   results, generations, rows = {}, {}, []
-  for name in art.model_names():
-    model = art.load_model(art.model_dir(name))
-    tokenizer = art.tokenizer(model.cfg.vocab_size)
-    t0 = time.perf_counter()
-    results[name], generations[name] = llm_audit.audit(
-        model, tokenizer, sets, words, ctx.mesh, max_len=cfg.data.max_len, system=art.system,
-        batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
-    results[name]["well_formed_forget"] = well_formed_rate(
-        [g for s in FORGET_SETS if s in sets for g in generations[name][s]], vocabulary)
-    if audited:
-      results[name].update(llm_audit.membership(model, *audited, ctx.mesh, batch_size=ev.batch_size, k=ev.min_k))
-    results[name]["wall_s"] = time.perf_counter() - t0
-    logging.info("evaluate %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
+  for name, record in saved.items():
+    if record is not None:
+      results[name], generations[name] = record["metrics"], record["generations"]
+      logging.info("evaluate %s: done already, read back from %s", name, art.audit_record(name))
+    else:
+      results[name], generations[name] = _audit(ctx, art, name, sets, words, vocabulary, audited)
+      art.write_json(art.audit_record(name), {"metrics": results[name], "generations": generations[name]})
     rows += [{"model": name, "set": s, "question": r["question"], "reference": r["answer"], "generated": g}
              for s, recs in sets.items() for r, g in zip(recs, generations[name][s])]
   if RETRAIN in results:
