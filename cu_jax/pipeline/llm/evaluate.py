@@ -65,8 +65,8 @@ def run(ctx: Context) -> dict:
   if holdout and "forget_train" in sets:
     tokenizer = art.tokenizer()
     audited = art.encode(tokenizer, sets["forget_train"]), art.encode(tokenizer, holdout)
-  # An interrupted evaluation (hours of generation for 7B models) reads back the models it finished,
-  # decided once, before this run writes any.
+  # An interrupted evaluation (generation is its slow part, on a 7B model above all) reads back the
+  # models it finished, decided once, before this run writes any.
   saved = {name: art.saved_audit(name, ("metrics", "generations")) for name in art.model_names()}
   results, generations, rows = {}, {}, []
   for name, record in saved.items():
