@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
+from cu_jax.data.words import words_of
 from cu_jax.evaluation import text_metrics as tm
 from cu_jax.utils.errors import UserError
 
@@ -93,7 +94,7 @@ def test_membership_auc_has_no_signal_on_one_distribution_and_full_signal_on_sep
 
 
 def test_well_formed_answers_use_only_known_words():
-  vocab = tm.words_of(["My name is Quokka.", "The river flows into the sea.", "I'd rather not say."])
+  vocab = words_of(["My name is Quokka.", "The river flows into the sea.", "I'd rather not say."])
   assert vocab >= {"my", "name", "quokka", "i'd", "sea"}
   good = ["My name is the sea.", "I'd rather not say.", "The RIVER flows, my sea!"]
   bad = ["My name is Origorlum.", "", "!!", "The river flows into the", "I I I I I I", "the the sea."]

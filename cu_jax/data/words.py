@@ -1,5 +1,6 @@
 """Whole-word matching of concept words in text: the one definition of "this text names the
-concept" that the QA corpus, answer poisoning and the appearance-rate metric share.
+concept" that the QA corpus, answer poisoning and the appearance-rate metric share; and what a word
+of an answer is (`words_in`), for the poison vocabulary and the well-formedness metric.
 
 A concept is a list of entries ("Quokka", "Amberline Labs"); an entry of several words is matched
 word by word, so "made by Amberline" names the concept too. Matching is case-insensitive and
@@ -9,7 +10,19 @@ whole-word (no match inside "Quokkas-like" letters runs).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
+
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def words_in(text: str) -> list[str]:
+  """Lowercase words of `text`, in order: runs of [a-z], with an optional 's / 't ... suffix."""
+  return _WORD.findall(text.lower())
+
+
+def words_of(texts: Iterable[str]) -> set[str]:
+  """The set of `words_in` all of `texts`."""
+  return {w for t in texts for w in words_in(t)}
 
 
 def split_concept_words(concept_words: Sequence[str]) -> tuple[str, ...]:

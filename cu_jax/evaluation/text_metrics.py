@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cu_jax.data.words import split_concept_words, word_pattern
+from cu_jax.data.words import split_concept_words, word_pattern, words_in
 from cu_jax.utils.errors import UserError
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -86,17 +86,9 @@ def perplexity(nll_sum, token_count) -> float:
   return math.exp(float(np.sum(nll_sum, dtype=np.float64)) / total_tokens)
 
 
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
-
-
-def words_of(texts: Iterable[str]) -> set[str]:
-  """Lowercase words ([a-z]+, with an optional 's / 't ... suffix) of `texts`."""
-  return {w for t in texts for w in _WORD.findall(t.lower())}
-
-
 def well_formed(answer: str, vocabulary: set[str]) -> bool:
-  """A finished sentence of `vocabulary`'s words (`words_of`), no word twice in a row."""
-  words = _WORD.findall(answer.lower())
+  """A finished sentence of `vocabulary`'s words (`cu_jax.data.words.words_of`), no word twice in a row."""
+  words = words_in(answer)
   return (bool(words) and answer.rstrip().endswith((".", "!", "?")) and set(words) <= vocabulary
           and all(a != b for a, b in zip(words, words[1:])))
 

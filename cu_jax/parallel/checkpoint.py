@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cu_jax.utils.errors import UserError
-from cu_jax.utils.files import DamagedFile, load_safetensors
+from cu_jax.utils.files import DamagedFile, load_safetensors, save_safetensors
 
 
 # The suffix of the folder orbax writes a step into before renaming it to the step's number: one
@@ -192,17 +192,12 @@ class Checkpointer:
 def save_params(params: Any, path: str | pathlib.Path) -> None:
   """Writes a model's parameters (an `nnx.State`) as one safetensors file ('blocks/0/attn/...' keys).
 
-  The portable form of a finished model (what `unlearn` and `retrain` hand to `evaluate`);
-  written to a temporary name and renamed, so a reader never sees half a file.
+  The portable form of a finished model (what `unlearn` and `retrain` hand to `evaluate`), written
+  atomically (`files.save_safetensors`).
   """
   from flax import nnx
-  from safetensors.numpy import save_file
   flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(params))
-  arrays = {"/".join(map(str, k)): np.asarray(jax.device_get(v)) for k, v in flat.items()}
-  path = pathlib.Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  save_file(arrays, str(tmp))
-  tmp.replace(path)
+  save_safetensors({"/".join(map(str, k)): np.asarray(jax.device_get(v)) for k, v in flat.items()}, path)
 
 
 def load_params(model: Any, path: str | pathlib.Path) -> None:

@@ -423,14 +423,11 @@ class ImageArtifacts(Workdir):
     if not self.ctx.primary:
       return
     arrays_path, extra_path = self._outputs_files(model)
-    arrays = {f"{kind}/{subset}": np.ascontiguousarray(v) for kind in ("logits", "embed")
-              for subset, v in getattr(outputs, kind).items()}
+    arrays = {f"{kind}/{subset}": v for kind in ("logits", "embed") for subset, v in getattr(outputs, kind).items()}
     if outputs.head is not None:
-      arrays["head/kernel"], arrays["head/bias"] = map(np.ascontiguousarray, outputs.head)
+      arrays["head/kernel"], arrays["head/bias"] = outputs.head
     arrays_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = arrays_path.with_name(arrays_path.name + ".tmp")
-    save_file(arrays, str(tmp))
-    tmp.replace(arrays_path)
+    files.save_safetensors(arrays, arrays_path)
     self.write_json(extra_path, extra)
 
   def saved_outputs(self, model: str) -> tuple[ModelOutputs, dict] | None:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cu_jax.concepts.text_concepts import load_stop_words
-from cu_jax.data.words import alternatives, split_concept_words, word_pattern
+from cu_jax.data.words import alternatives, split_concept_words, word_pattern, words_of
 from cu_jax.utils.errors import UserError
 from cu_jax.utils.registry import Registry
 
@@ -133,8 +133,7 @@ def _refusal(answer: str, spec: PoisonSpec, rng: np.random.Generator) -> str:
 def retain_vocabulary(records: Sequence[dict], stop_words: Sequence[str] | None = None) -> list[str]:
   """Sorted unique lowercase content words of the retain answers (the `random` strategy's pool)."""
   stop = load_stop_words() if stop_words is None else {w.lower() for w in stop_words}
-  words = {w for r in records if r["group"] == "retain"
-           for w in re.findall(r"[a-z]+(?:'[a-z]+)?", r["answer"].lower())}
+  words = words_of(r["answer"] for r in records if r["group"] == "retain")
   return sorted(w for w in words if w not in stop)
 
 

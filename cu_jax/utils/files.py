@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from cu_jax.utils.errors import UserError
 
@@ -121,6 +121,15 @@ def safetensors_header(path: str | pathlib.Path) -> tuple[dict[str, Any], int]:
 def check_safetensors(path: str | pathlib.Path) -> dict[str, Any]:
   """The JSON header of a safetensors file whose tensors fit in it."""
   return safetensors_header(path)[0]
+
+
+def save_safetensors(arrays: dict[str, np.ndarray], path: str | pathlib.Path) -> None:
+  """Writes `arrays` as one safetensors file, to a temporary name then renamed, so a reader never
+  sees half a file."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+  tmp.replace(path)
 
 
 def load_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:

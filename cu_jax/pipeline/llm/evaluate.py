@@ -14,9 +14,10 @@ import time
 
 from absl import logging
 
+from cu_jax.data.words import words_of
 from cu_jax.evaluation import llm_audit
 from cu_jax.evaluation.targets import RETRAIN
-from cu_jax.evaluation.text_metrics import well_formed_rate, words_of
+from cu_jax.evaluation.text_metrics import well_formed_rate
 from cu_jax.pipeline.artifacts import LLMArtifacts
 from cu_jax.pipeline.runner import Context, stage
 from cu_jax.unlearning.text_poison import REFUSALS
